@@ -1,0 +1,35 @@
+# make demo  - install (once) and serve tiny locally built models, offline, on 127.0.0.1:8000
+# make test  - install (once) and run the test suite
+# make serve - the same service with the published weights of serve_config.yaml
+PYTHON ?= python3
+VENV   ?= .venv
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo serve test check-config bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m pipeline.build_demo .models/demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.demo.yaml --host $(HOST) --port $(PORT)
+
+serve: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.yaml --host $(HOST) --port $(PORT)
+
+check-config: install
+	$(BIN)/python -m deployments.launch serve_config.yaml --check
+	$(BIN)/python -m deployments.launch serve_config.demo.yaml --check
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf .run .models/demo data/storage

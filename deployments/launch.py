@@ -1,0 +1,115 @@
+"""Validate a serve config, adapt it to this machine, and hand it to ``serve run``.
+
+    python -m deployments.launch serve_config.yaml [--port 8000] [--host 127.0.0.1] [--check]
+
+``serve run`` has no --port and Serve's schema ignores unknown keys, so this checks the
+file strictly first (actionable messages, nothing started) and writes the effective config
+to .run/. Without a visible GPU, fractional ``num_gpus`` would leave replicas unscheduled
+forever, so they are set to 0 with a notice.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .app import DEPLOYMENT_NAMES
+from .settings import ConfigError, batch_settings, load_settings
+
+
+def check_config(config: dict[str, Any], *, base_dir: Path) -> list[str]:
+    """Return the problems in a serve config (empty when it is good)."""
+    problems: list[str] = []
+    apps = config.get("applications")
+    if not isinstance(apps, list) or not apps:
+        return ["`applications:` must list at least one application"]
+    for app in apps:
+        name = app.get("name", "?")
+        if app.get("import_path") != "deployments.app:build_app":
+            problems.append(f"app {name}: import_path must be deployments.app:build_app")
+        try:
+            load_settings(app.get("args"), base_dir=base_dir)
+        except ConfigError as exc:
+            problems.append(f"app {name}: {exc}")
+        for deployment in app.get("deployments", []):
+            dname = deployment.get("name")
+            if dname not in DEPLOYMENT_NAMES:
+                problems.append(f"app {name}: unknown deployment {dname!r}; known: {', '.join(DEPLOYMENT_NAMES)}")
+            if "user_config" in deployment:
+                if dname == "Ingress":
+                    problems.append(f"app {name}: Ingress takes no user_config")
+                    continue
+                try:
+                    batch_settings(deployment["user_config"])
+                except ConfigError as exc:
+                    problems.append(f"app {name}, deployment {dname}: {exc}")
+    return problems
+
+
+def gpu_count() -> int:
+    if shutil.which("nvidia-smi") is None and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 0
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def effective_config(config: dict[str, Any], *, host: str | None, port: int | None, gpus: int) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    http = config.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port:
+        http["port"] = port
+    if gpus == 0:
+        for app in config["applications"]:
+            for deployment in app.get("deployments", []):
+                options = deployment.get("ray_actor_options") or {}
+                if options.get("num_gpus"):
+                    print(f"note: no GPU visible; running {deployment['name']} on CPU (num_gpus 0)")
+                    options["num_gpus"] = 0
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--check", action="store_true", help="only validate the config")
+    args = parser.parse_args(argv)
+    try:
+        config = yaml.safe_load(args.config.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
+        return 2
+    problems = check_config(config or {}, base_dir=Path.cwd())
+    if problems:
+        print(f"error: {args.config} is not valid:\n" + "\n".join(problems), file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: ok")
+        return 0
+    effective = effective_config(config, host=args.host, port=args.port, gpus=gpu_count())
+    run_dir = Path(".run")
+    run_dir.mkdir(exist_ok=True)
+    target = run_dir / args.config.name
+    target.write_text(yaml.safe_dump(effective, sort_keys=False))
+    serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+    print(f"starting: serve run {target} (http://{effective['http_options'].get('host')}:"
+          f"{effective['http_options'].get('port')})", flush=True)
+    os.environ.setdefault("COLORIZE_BASE_DIR", str(Path.cwd()))
+    os.execv(serve, [serve, "run", str(target)])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Model stages of the graph: thin Ray Serve adapters around ``pipeline`` classes.
+
+Each stage loads its model in ``__init__`` (a missing model leaves the replica up and
+reporting ``loaded: false``), batches calls with ``@serve.batch`` (sizes from
+``user_config``), and runs the batch in a worker thread so the event loop keeps
+queueing the next batch while this one computes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from pipeline.errors import ModelNotLoadedError
+
+from .settings import ModelSettings, batch_settings
+
+log = logging.getLogger("ray.serve")
+
+
+class _Stage:
+    stage: str = "stage"
+
+    def _load(self, describe: dict[str, Any], loader) -> None:
+        # One batch queue per instance (a decorated base-class method would share one queue).
+        self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)(self._run_batch_in_thread)
+        self._describe = describe
+        self._batch_sizes: Counter[int] = Counter()  # which batch sizes actually formed
+        started = time.perf_counter()
+        try:
+            self._impl = loader()
+            self._error = None
+            self._describe["load_seconds"] = round(time.perf_counter() - started, 3)
+        except Exception as exc:  # any load failure keeps the replica up, reporting why
+            self._impl, self._error = None, f"{type(exc).__name__}: {exc}"
+            log.error("%s: model not loaded: %s", self.stage, self._error)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        settings = batch_settings(user_config)
+        self._run_batch.set_max_batch_size(settings.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        return {"loaded": self._impl is not None, **self._describe,
+                "batch_sizes": {str(size): n for size, n in sorted(self._batch_sizes.items())},
+                **({"error": self._error} if self._error else {})}
+
+    def _require(self):
+        if self._impl is None:
+            raise ModelNotLoadedError(f"the {self.stage} model is not loaded: {self._error}")
+        return self._impl
+
+    async def __call__(self, image: np.ndarray) -> np.ndarray:
+        self._require()
+        return await self._run_batch(image)
+
+    async def _run_batch_in_thread(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self._batch_sizes[len(images)] += 1
+        return await asyncio.to_thread(self._process, images)
+
+    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class ScratchRepair(_Stage):
+    stage = "scratch-repair"
+
+    def __init__(self, settings: dict[str, Any]):
+        def load():
+            from pipeline.scratch_repair import ScratchRepairer
+            return ScratchRepairer()
+
+        self._load({"method": "morphology + OpenCV inpainting"}, load)
+
+    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self._impl.repair_batch(images)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class Colorizer(_Stage):
+    def __init__(self, name: str, settings: dict[str, Any]):
+        spec = ModelSettings.model_validate(settings)
+        self.stage = f"'{name}' colorization"
+
+        def load():
+            from pipeline.colorizer import Colorizer as ColorizerPipeline
+            return ColorizerPipeline(spec.load())
+
+        self._load(spec.describe(), load)
+
+    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self._impl.colorize_batch(images)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class FaceRemaster(_Stage):
+    stage = "face-remaster"
+
+    def __init__(self, settings: dict[str, Any]):
+        spec = ModelSettings.model_validate(settings["restorer"]) if settings.get("restorer") else None
+
+        def load():
+            if spec is None:
+                raise ModelNotLoadedError("no face restorer weights are configured (face_remaster.restorer)")
+            from pipeline.face_detect import FaceDetector
+            from pipeline.face_remaster import FaceRemaster as FaceRemasterPipeline
+            return FaceRemasterPipeline(spec.load(), FaceDetector())
+
+        self._load(spec.describe() if spec else {}, load)
+
+    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self._impl.remaster_batch(images)

@@ -1,0 +1,41 @@
+"""Feed-forward colorization of a batch of images of any sizes.
+
+A model is anything with ``input_size`` (square side) and ``predict_ab(L)`` mapping
+(N,1,S,S) lightness in [0,100] to (N,2,S,S) Lab ab. The whole batch runs as one forward.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .lab import lightness, merge_lightness_ab, model_lightness
+
+
+class Colorizer:
+    def __init__(self, model: nn.Module, *, max_forward_batch: int = 32):
+        self.model = model.eval()
+        self.input_size = int(model.input_size)
+        self.max_forward_batch = max_forward_batch
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+
+    @torch.inference_mode()
+    def predict_ab(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N,) uint8 RGB images -> float32 (N, S, S, 2) ab at model resolution."""
+        lightness_in = np.stack([model_lightness(image, self.input_size) for image in images])[:, None]
+        outputs = []
+        for start in range(0, len(images), self.max_forward_batch):
+            chunk = torch.from_numpy(lightness_in[start:start + self.max_forward_batch])
+            ab = self.model.predict_ab(chunk.to(self.device, self.dtype))
+            outputs.append(ab.float().cpu().numpy())
+        return np.concatenate(outputs).transpose(0, 2, 3, 1)
+
+    def colorize_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if not images:
+            return []
+        ab = self.predict_ab(images)
+        return [merge_lightness_ab(lightness(image), ab[i]) for i, image in enumerate(images)]
+
+    def colorize(self, image: np.ndarray) -> np.ndarray:
+        return self.colorize_batch([image])[0]

@@ -1,0 +1,35 @@
+"""CIE Lab helpers (D65, sRGB) shared by every colorizer.
+
+Models predict chroma (ab) at their own resolution; we keep the ORIGINAL full-resolution
+lightness so the output has the input's size, aspect ratio and sharpness.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+AB_MIN, AB_MAX = -128.0, 127.0
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> float32 (H, W) L in [0, 100]."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_RGB2Lab)
+    return lab[..., 0]
+
+
+def model_lightness(rgb: np.ndarray, size: int) -> np.ndarray:
+    """L of the image resized to the model's square input (area filter avoids aliasing)."""
+    interpolation = cv2.INTER_AREA if min(rgb.shape[:2]) >= size else cv2.INTER_CUBIC
+    small = cv2.resize(rgb, (size, size), interpolation=interpolation)
+    return lightness(small)
+
+
+def merge_lightness_ab(full_lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """Full-res L (H, W) + model ab (h, w, 2) -> uint8 RGB (H, W, 3)."""
+    height, width = full_lightness.shape
+    ab = np.clip(ab.astype(np.float32), AB_MIN, AB_MAX)
+    if ab.shape[:2] != (height, width):
+        ab = cv2.resize(ab, (width, height), interpolation=cv2.INTER_LINEAR)
+    lab = np.dstack([full_lightness.astype(np.float32), ab])
+    rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,74 @@
+"""Configuration: the shipped YAML files validate; mistakes give actionable messages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.launch import check_config, effective_config
+from deployments.settings import ConfigError, batch_settings, load_settings
+
+ROOT = Path(__file__).parents[2]
+MINIMAL = {"colorizers": {"large": {"architecture": "siggraph17", "path": "m/l"},
+                          "tiny": {"architecture": "ddcolor", "path": "/abs/t"}}}
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.demo.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = yaml.safe_load((ROOT / name).read_text())
+    assert check_config(config, base_dir=ROOT) == []
+    app = config["applications"][0]
+    assert {d["name"] for d in app["deployments"]} == {
+        "Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRemaster"}
+    for deployment in app["deployments"]:  # batches can only form if enough requests may be in flight
+        if "user_config" in deployment:
+            assert deployment["max_ongoing_requests"] >= deployment["user_config"]["max_batch_size"]
+
+
+def test_relative_paths_become_absolute(tmp_path):
+    settings = load_settings(MINIMAL, base_dir=tmp_path)
+    assert settings.colorizers["large"].path == tmp_path.resolve() / "m/l"
+    assert settings.colorizers["tiny"].path == Path("/abs/t")
+    assert settings.storage.root == tmp_path.resolve() / "data/storage"
+    assert settings.max_upload_bytes == 25 * (1 << 20)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colorizer": {}}, "colorizer: unknown key"),
+    ({"colorizers": {"large": MINIMAL["colorizers"]["large"]}}, "add tiny"),
+    ({"colorizers": {**MINIMAL["colorizers"], "huge": MINIMAL["colorizers"]["large"]}}, "colorizers.huge"),
+    ({"colorizers": {**MINIMAL["colorizers"], "tiny": {"architecture": "resnet", "path": "x"}}}, "unknown architecture"),
+    ({"storage": {"backend": "s3"}}, "storage"),
+    ({"limits": {"max_upload_mb": 0}}, "limits.max_upload_mb"),
+    ({"public_base_url": "example.com"}, "http:// or https://"),
+])
+def test_mistakes_are_explained(change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**MINIMAL, **change})
+
+
+def test_user_config_checked():
+    assert batch_settings({"max_batch_size": 4}).max_batch_size == 4
+    with pytest.raises(ConfigError, match="max_batch_sise: unknown key"):
+        batch_settings({"max_batch_sise": 4})
+
+
+def test_check_config_reports_deployment_mistakes():
+    config = {"applications": [{"name": "a", "import_path": "deployments.app:build_app", "args": MINIMAL,
+                                "deployments": [{"name": "Colorizer"}, {"name": "Ingress", "user_config": {}},
+                                                {"name": "ColorizerTiny", "user_config": {"max_batch_size": 0}}]}]}
+    problems = "\n".join(check_config(config, base_dir=ROOT))
+    assert "unknown deployment 'Colorizer'" in problems
+    assert "Ingress takes no user_config" in problems
+    assert "max_batch_size" in problems
+
+
+def test_effective_config_without_gpu():
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    effective = effective_config(config, host="0.0.0.0", port=9123, gpus=0)
+    assert effective["http_options"] == {**config["http_options"], "host": "0.0.0.0", "port": 9123}
+    gpus = [d.get("ray_actor_options", {}).get("num_gpus", 0) for d in effective["applications"][0]["deployments"]]
+    assert gpus and not any(gpus)
+    kept = effective_config(config, host=None, port=None, gpus=1)
+    assert kept["applications"][0]["deployments"][2]["ray_actor_options"]["num_gpus"] == 0.5
