@@ -5,7 +5,6 @@ and calls it with the app's ``args``; tests call it directly.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -18,8 +17,9 @@ from .stages import Colorizer, FaceRemaster, ScratchRepair
 DEPLOYMENT_NAMES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRemaster")
 
 
-def build_app(args: dict[str, Any] | None = None, *, base_dir: Path | None = None) -> Application:
-    settings = load_settings(args, base_dir=base_dir)
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve calls builders with exactly one argument: the app's `args` from the config."""
+    settings = load_settings(args)
     colorizers = {
         name: Colorizer.options(name=f"Colorizer{name.title()}").bind(name, model.model_dump(mode="json"))
         for name, model in settings.colorizers.items()

@@ -15,7 +15,7 @@ import numpy as np
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.errors import InvalidImageError, ModelNotLoadedError
+from pipeline.errors import ModelNotLoadedError
 
 log = logging.getLogger("ray.serve")
 
@@ -90,8 +90,6 @@ class Graph:
         except ModelNotLoadedError as exc:
             self._checked_at = 0.0  # our cached view was stale
             raise StageUnavailable(_first_line(exc)) from None
-        except InvalidImageError as exc:
-            raise
         except Exception as exc:
             log.exception("job %s failed in the graph", plan)
             raise StageFailed(_first_line(exc)) from None

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -52,8 +53,8 @@ class Ingress:
             Route("/upload", self.upload, methods=["POST"]),
             Route("/colorize", self.colorize_app, methods=["POST"]),
             Route("/download/{result_id}", self.download, methods=["GET"]),
-            Route("/results/{filename}", self.public_file, methods=["GET"]),
-            Route("/uploads/{filename}", self.public_file, methods=["GET"]),
+            Route("/results/{filename}", partial(self.public_file, "results"), methods=["GET"]),
+            Route("/uploads/{filename}", partial(self.public_file, "uploads"), methods=["GET"]),
         ]
         self._sweeper: asyncio.Task | None = None
 
@@ -129,8 +130,7 @@ class Ingress:
                             "Content-Disposition": f'attachment; filename="{result_id}.{extension}"'})
         raise ApiError(404, "Result not found")
 
-    async def public_file(self, request: Request, filename: str) -> Response:
-        kind = request.url.path.split("/")[1]
+    async def public_file(self, kind: str, request: Request, filename: str) -> Response:
         try:
             validate_object_name(filename)
         except InvalidObjectName:

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +19,7 @@ import pytest
 from minio import Minio
 from pydantic import TypeAdapter, ValidationError
 
+from tests.helpers import free_port
 from storage import (
     InvalidObjectName,
     LocalStore,
@@ -41,41 +39,6 @@ pytestmark = pytest.mark.timeout(60)
 
 ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
 GOOD_UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on port {port}")
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def _unique_bucket() -> str:
     return f"test-{uuid.uuid4().hex[:16]}"
 
@@ -329,7 +292,7 @@ def test_minio_presigned_url_serves_the_bytes(moto_endpoint: str) -> None:
 
 
 def test_minio_unreachable_endpoint_fails_fast() -> None:
-    store = _minio_store(f"127.0.0.1:{_free_port()}", timeout_seconds=1)  # nothing listens there
+    store = _minio_store(f"127.0.0.1:{free_port()}", timeout_seconds=1)  # nothing listens there
     name = new_object_name("png")
     started = time.monotonic()
     for action in (store.check, lambda: store.get("uploads", name),
