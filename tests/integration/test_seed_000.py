@@ -91,3 +91,20 @@ def test_url_input_errors(client, tmp_path):
     assert blocked.status_code == 400
     loopback = client.post("/api/v1/colorize", files={"image": (None, "http://localhost:1/x.jpg")})
     assert loopback.status_code == 400
+
+
+def test_face_remaster_changes_only_the_face(client):
+    from skimage import data
+
+    portrait = np.asarray(Image.fromarray(data.astronaut()).convert("L").convert("RGB"))
+    upload = {"image": ("astronaut.png", encode(portrait, "PNG"), "image/png")}
+    plain = client.post("/api/v1/colorize", files=upload, data={"model": "tiny"})
+    remastered = client.post("/api/v1/colorize", files=upload, data={"model": "tiny", "face_remaster": "true"})
+    assert plain.status_code == remastered.status_code == 200
+    before = np.asarray(fetch_png(client, plain.json()["outputUrl"]).convert("RGB")).astype(int)
+    after = np.asarray(fetch_png(client, remastered.json()["outputUrl"]).convert("RGB")).astype(int)
+    changed = np.abs(after - before).max(axis=2) > 0
+    ys, xs = np.nonzero(changed)
+    assert changed.any(), "the face stage changed nothing"
+    # The astronaut's face is roughly x 160-260, y 40-170 in the 512x512 picture.
+    assert 120 < xs.mean() < 300 and 20 < ys.mean() < 200 and changed.mean() < 0.25
