@@ -54,6 +54,24 @@ class Form:
             raise ApiError(400, f"field '{name}' must be \"true\" or \"false\", got {value[:40]!r}")
         return value.lower() == "true"
 
+    def integer(self, name: str, low: int, high: int) -> int | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ApiError(400, f"field '{name}' must be a whole number from {low} to {high}")
+        return int(value)
+
+    def prompt(self, name: str = "prompt", max_chars: int = 500) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if len(value) > max_chars:
+            raise ApiError(400, f"field '{name}' is longer than {max_chars} characters")
+        if any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
+            raise ApiError(400, f"field '{name}' contains control characters")
+        return " ".join(value.split())
+
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.text(name, default)
         if value not in options:

@@ -39,6 +39,8 @@ class JobPlan:
     model: str              # "large" | "tiny"
     clean_scratches: bool = False
     face_remaster: bool = False
+    prompt: str | None = None  # text guidance (text-guided colorizers only)
+    seed: int | None = None    # reproducible output for sampling colorizers
 
     def stages(self) -> list[str]:
         return (["scratch_repair"] if self.clean_scratches else []) + [self.model] + \
@@ -79,7 +81,8 @@ class Graph:
     async def run(self, plan: JobPlan, image: np.ndarray) -> np.ndarray:
         response: Any = image
         for name in plan.stages():
-            response = self.stages[name].remote(response)
+            options = {"prompt": plan.prompt, "seed": plan.seed} if name == plan.model else {}
+            response = self.stages[name].remote(response, options)
         try:
             return await asyncio.wait_for(_wait(response), timeout=self.timeout_s)
         except asyncio.TimeoutError:

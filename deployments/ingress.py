@@ -35,6 +35,7 @@ MODELS = ("large", "tiny")
 KEY_API, APP_CHECK_API = "v1", "app"  # the two surfaces map internal failures differently
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RETRY_AFTER_S = "2"
+GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -110,8 +111,9 @@ class Ingress:
 
     async def colorize_app(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /colorize"), request.headers) as admission:
-            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=("file", "model"))
-            plan = JobPlan(model=form.choice("model", MODELS, "large"))
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
+                                   allowed=("file", "model", *GUIDANCE_FIELDS))
+            plan = JobPlan(model=form.choice("model", MODELS, "large"), **_guidance(form))
             image = await self._decode(_file_bytes(form, "file"))
             filename = await self._run_and_store(plan, image, "JPEG", APP_CHECK_API)
             admission.result_id = filename
@@ -145,9 +147,9 @@ class Ingress:
 
     async def colorize_v1(self, request: Request) -> Response:
         form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
-                               allowed=("image", "model", "clean_scratches", "face_remaster"))
-        plan = JobPlan(model=form.choice("model", MODELS, "large"),
-                       clean_scratches=form.flag("clean_scratches"), face_remaster=form.flag("face_remaster"))
+                               allowed=("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS))
+        plan = JobPlan(model=form.choice("model", MODELS, "large"), clean_scratches=form.flag("clean_scratches"),
+                       face_remaster=form.flag("face_remaster"), **_guidance(form))
         job = JobRequest("POST /api/v1/colorize",
                          price=job_price(clean_scratches=plan.clean_scratches, face_remaster=plan.face_remaster),
                          details={"model": plan.model, "clean_scratches": str(plan.clean_scratches).lower(),
@@ -228,6 +230,10 @@ class Ingress:
         sweep = getattr(self.store, "sweep_expired", None)
         if sweep is not None and self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(_sweep_forever(sweep))
+
+
+def _guidance(form: Form) -> dict[str, Any]:
+    return {"prompt": form.prompt("prompt"), "seed": form.integer("seed", 0, 2**32 - 1)}
 
 
 def _file_bytes(form: Form, name: str) -> bytes:

@@ -55,15 +55,15 @@ class _Stage:
             raise ModelNotLoadedError(f"the {self.stage} model is not loaded: {self._error}")
         return self._impl
 
-    async def __call__(self, image: np.ndarray) -> np.ndarray:
+    async def __call__(self, image: np.ndarray, options: dict[str, Any] | None = None) -> np.ndarray:
         self._require()
-        return await self._run_batch(image)
+        return await self._run_batch(image, options or {})  # always positional: batching zips arguments
 
-    async def _run_batch_in_thread(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         self._batch_sizes[len(images)] += 1
-        return await asyncio.to_thread(self._process, images)
+        return await asyncio.to_thread(self._process, images, options)
 
-    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         raise NotImplementedError
 
 
@@ -78,7 +78,7 @@ class ScratchRepair(_Stage):
 
         self._load({"method": "morphology + OpenCV inpainting"}, load)
 
-    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         return self._impl.repair_batch(images)
 
 
@@ -94,8 +94,8 @@ class Colorizer(_Stage):
 
         self._load(spec.describe(), load)
 
-    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return self._impl.colorize_batch(images)
+    def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
+        return self._impl.colorize_batch(images, options)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -114,5 +114,5 @@ class FaceRemaster(_Stage):
 
         self._load(spec.describe() if spec else {}, load)
 
-    def _process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         return self._impl.remaster_batch(images)

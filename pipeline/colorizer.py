@@ -31,7 +31,8 @@ class Colorizer:
             outputs.append(ab.float().cpu().numpy())
         return np.concatenate(outputs).transpose(0, 2, 3, 1)
 
-    def colorize_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def colorize_batch(self, images: list[np.ndarray], options: list[dict] | None = None) -> list[np.ndarray]:
+        """``options`` (prompt, seed) only steer text-guided models; a feed-forward model has none."""
         if not images:
             return []
         ab = self.predict_ab(images)

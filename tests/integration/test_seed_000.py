@@ -52,6 +52,7 @@ def test_output_keeps_size_and_lightness(client):
     {"model": "large", "clean_scratches": "true"},
     {"model": "tiny", "face_remaster": "true"},
     {"model": "tiny", "clean_scratches": "TRUE", "face_remaster": "false"},
+    {"model": "large", "prompt": "a red barn under a blue sky", "seed": "42"},
 ])
 def test_add_ons(client, form):
     response = client.post("/api/v1/colorize", files={"image": ("a.jpg", encode(photo(128, 96)), "image/jpeg")},

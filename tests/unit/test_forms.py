@@ -76,3 +76,13 @@ def test_not_multipart_and_malformed():
         parse(request_for(body=b"{}", headers={"content-type": "application/json"}))
     with pytest.raises(ApiError, match="invalid multipart"):
         parse(request_for(body=b"garbage", headers={"content-type": "multipart/form-data"}))
+
+
+def test_seed_and_prompt_fields():
+    form = parse(request_for(files={"image": ("a", b"x")}, data={"model": "12", "flag": "  a\n red\tcar  "}))
+    assert form.integer("model", 0, 100) == 12 and form.integer("missing", 0, 1) is None
+    assert form.prompt("flag") == "a red car"
+    with pytest.raises(ApiError, match="whole number from 0 to 10"):
+        form.integer("model", 0, 10)
+    with pytest.raises(ApiError, match="longer than 3"):
+        form.prompt("flag", max_chars=3)
