@@ -20,8 +20,9 @@ DEPLOYMENT_NAMES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny
 def build_app(args: dict[str, Any]) -> Application:
     """Serve calls builders with exactly one argument: the app's `args` from the config."""
     settings = load_settings(args)
+    runtime = settings.model_runtime()
     colorizers = {
-        name: Colorizer.options(name=f"Colorizer{name.title()}").bind(name, model.model_dump(mode="json"))
+        name: Colorizer.options(name=f"Colorizer{name.title()}").bind(name, model.model_dump(mode="json"), runtime)
         for name, model in settings.colorizers.items()
     }
     return Ingress.bind(
@@ -29,5 +30,5 @@ def build_app(args: dict[str, Any]) -> Application:
         ScratchRepair.bind(settings.scratch_repair.model_dump(mode="json")),
         colorizers["large"],
         colorizers["tiny"],
-        FaceRemaster.bind(settings.face_remaster.model_dump(mode="json")),
+        FaceRemaster.bind(settings.face_remaster.model_dump(mode="json"), runtime),
     )

@@ -25,24 +25,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelStoreSettings(_Strict):
+    """The S3/MinIO bucket `s3://` model sources are read from (credentials from env vars)."""
+    endpoint: str
+    secure: bool = True
+    region: str = "us-east-1"
+    access_key_env: str = "MODEL_STORE_ACCESS_KEY"
+    secret_key_env: str = "MODEL_STORE_SECRET_KEY"
+
+
+class ModelRuntime(_Strict):
+    """Where a replica puts downloaded weights and which model store it reads."""
+    cache_dir: Path
+    store: ModelStoreSettings | None = None
+
+
 class ModelSettings(_Strict):
     architecture: str
-    path: Path                                  # local directory holding the weights
-    weights: str | None = None                  # file in `path`; default: model.safetensors / pytorch_model.bin
+    # A local directory, hf://org/name[@revision], s3://bucket/prefix, or https://.../file (pinned by sha256)
+    source: str
+    files: tuple[str, ...] | None = None        # only these files/patterns of an hf:// or s3:// source
+    sha256: str | None = None                   # pin for https:// sources (or a #sha256= fragment)
+    weights: str | None = None                  # file in the source; default: model.safetensors / pytorch_model.bin
     config: dict[str, Any] | str | None = None  # constructor kwargs, a published config name, or config.json
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
 
     def describe(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "path": str(self.path)}
+        return {"architecture": self.architecture, "source": self.source}
 
-    def load(self):
-        """Load the model (in the replica process: torch is imported only here)."""
+    def load(self, runtime: ModelRuntime):
+        """Fetch (if remote) and load the model, in the replica: torch is imported only here."""
         from pipeline.device import resolve_device, resolve_dtype
+        from pipeline.model_source import S3Settings, resolve_model_source
         from pipeline.models.loading import ModelSpec, load_model
 
+        store = S3Settings(**runtime.store.model_dump()) if runtime.store else None
+        directory = resolve_model_source(self.source, cache_dir=runtime.cache_dir, files=self.files,
+                                         sha256=self.sha256, s3=store)
         device = resolve_device(self.device)
-        spec = ModelSpec(self.architecture, self.path, self.weights, self.config)
+        spec = ModelSpec(self.architecture, directory, self.weights, self.config)
         return load_model(spec, device=device, dtype=resolve_dtype(self.dtype, device))
 
     @field_validator("architecture")
@@ -76,6 +98,8 @@ class UrlFetchSettings(_Strict):
 
 class AppSettings(_Strict):
     public_base_url: str | None = None  # e.g. https://colorize.example.com; default: from the request
+    model_cache_dir: Path = Path("data/model-cache")  # downloaded weights, per node
+    model_store: ModelStoreSettings | None = None      # for s3:// model sources
     storage: StorageSettings = Field(default_factory=LocalStoreSettings)
     colorizers: dict[Literal["large", "tiny"], ModelSettings]
     scratch_repair: ScratchRepairSettings = ScratchRepairSettings()
@@ -97,6 +121,9 @@ class AppSettings(_Strict):
             raise ValueError(f"colorizers: add {', '.join(missing)} (both 'large' and 'tiny' are served)")
         return self
 
+    def model_runtime(self) -> dict[str, Any]:
+        return ModelRuntime(cache_dir=self.model_cache_dir, store=self.model_store).model_dump(mode="json")
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.limits.max_upload_mb * (1 << 20))
@@ -117,9 +144,12 @@ def load_settings(args: dict[str, Any] | None, *, base_dir: Path | None = None) 
 
 def _absolutize(settings: AppSettings, base: Path) -> AppSettings:
     def fix(model: ModelSettings) -> ModelSettings:
-        return model if model.path.is_absolute() else model.model_copy(update={"path": base / model.path})
+        if "://" in model.source or Path(model.source).is_absolute():
+            return model
+        return model.model_copy(update={"source": str(base / model.source)})
 
-    update: dict[str, Any] = {"colorizers": {k: fix(v) for k, v in settings.colorizers.items()}}
+    update: dict[str, Any] = {"colorizers": {k: fix(v) for k, v in settings.colorizers.items()},
+                              "model_cache_dir": base / settings.model_cache_dir}
     if settings.face_remaster.restorer is not None:
         update["face_remaster"] = settings.face_remaster.model_copy(
             update={"restorer": fix(settings.face_remaster.restorer)})

@@ -18,7 +18,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 
-from .settings import ModelSettings, batch_settings
+from .settings import ModelRuntime, ModelSettings, batch_settings
 
 log = logging.getLogger("ray.serve")
 
@@ -84,13 +84,13 @@ class ScratchRepair(_Stage):
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class Colorizer(_Stage):
-    def __init__(self, name: str, settings: dict[str, Any]):
-        spec = ModelSettings.model_validate(settings)
+    def __init__(self, name: str, settings: dict[str, Any], runtime: dict[str, Any]):
+        spec, runtime = ModelSettings.model_validate(settings), ModelRuntime.model_validate(runtime)
         self.stage = f"'{name}' colorization"
 
         def load():
             from pipeline.colorizer import Colorizer as ColorizerPipeline
-            return ColorizerPipeline(spec.load())
+            return ColorizerPipeline(spec.load(runtime))
 
         self._load(spec.describe(), load)
 
@@ -102,15 +102,16 @@ class Colorizer(_Stage):
 class FaceRemaster(_Stage):
     stage = "face-remaster"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: dict[str, Any], runtime: dict[str, Any]):
         spec = ModelSettings.model_validate(settings["restorer"]) if settings.get("restorer") else None
+        runtime = ModelRuntime.model_validate(runtime)
 
         def load():
             if spec is None:
                 raise ModelNotLoadedError("no face restorer weights are configured (face_remaster.restorer)")
             from pipeline.face_detect import FaceDetector
             from pipeline.face_remaster import FaceRemaster as FaceRemasterPipeline
-            return FaceRemasterPipeline(spec.load(), FaceDetector())
+            return FaceRemasterPipeline(spec.load(runtime), FaceDetector())
 
         self._load(spec.describe() if spec else {}, load)
 

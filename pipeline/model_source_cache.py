@@ -7,10 +7,11 @@ Several processes on one node (replicas) serialise on an exclusive `flock` per c
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,7 @@ from .errors import ModelLoadError
 
 LOCKS_DIR = ".locks"
 CHUNK_BYTES = 1024 * 1024
+_PART_TOKEN_HEX = 8  # staged names are '<prefix><16 hex digits>.part'
 
 
 @contextmanager
@@ -45,10 +47,9 @@ def entry_lock(cache_dir: Path, entry_key: str) -> Iterator[None]:
 def staged_file(directory: Path, prefix: str) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file in `directory`, removed unless the caller moved it away (os.replace)."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=directory)
-    path = Path(name)
+    path = directory / f"{prefix}{secrets.token_hex(_PART_TOKEN_HEX)}.part"
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(path, "xb") as handle:
             yield handle, path
     finally:
         path.unlink(missing_ok=True)
@@ -57,7 +58,8 @@ def staged_file(directory: Path, prefix: str) -> Iterator[tuple[IO[bytes], Path]
 def remove_stale_parts(directory: Path, prefix: str) -> None:
     """Delete partial files left by a process that died mid-download (call with the entry locked)."""
     if directory.is_dir():
-        for leftover in directory.glob(f"{prefix}*.part"):
+        # Exactly the staged shape, so '.a.' never sweeps up the parts of a sibling named 'a.b'.
+        for leftover in directory.glob(f"{glob.escape(prefix)}{'?' * 2 * _PART_TOKEN_HEX}.part"):
             leftover.unlink(missing_ok=True)
 
 
@@ -83,6 +85,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         handle.write(json.dumps(data, indent=1, sort_keys=True).encode())
         handle.close()
         os.replace(staging, path)
+
+
+def remove_file_and_empty_parents(path: Path, *, stop_at: Path) -> None:
+    path.unlink(missing_ok=True)
+    for parent in path.parents:
+        if parent == stop_at or stop_at not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty
 
 
 def safe_relative_path(name: str, *, what: str) -> PurePosixPath:

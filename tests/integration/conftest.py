@@ -14,10 +14,10 @@ def demo_args(root: Path, models: Path, **overrides) -> dict:
     args = {
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
         "colorizers": {
-            "large": {"architecture": "siggraph17", "path": str(models / "large")},
-            "tiny": {"architecture": "ddcolor", "path": str(models / "tiny")},
+            "large": {"architecture": "siggraph17", "source": str(models / "large")},
+            "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
         },
-        "face_remaster": {"restorer": {"architecture": "gfpgan", "path": str(models / "face")}},
+        "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
         "url_fetch": {"timeout_s": 5, "allow_hosts": ["127.0.0.1"]},
     }

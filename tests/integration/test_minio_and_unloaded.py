@@ -30,7 +30,7 @@ def minio_app(serve_cluster, models_dir, moto_endpoint, tmp_path_factory):
     args = demo_args(root, models_dir, storage={
         "backend": "minio", "endpoint": moto_endpoint, "secure": False, "bucket": BUCKET,
         "url_expiry_seconds": 600})
-    args["colorizers"]["large"]["path"] = str(root / "no-such-model")
+    args["colorizers"]["large"]["source"] = str(root / "no-such-model")
     serve.run(build_app(args), name="minio", route_prefix="/minio")
     with httpx.Client(base_url=f"{serve_cluster}/minio", timeout=120) as client:
         yield client
@@ -45,7 +45,7 @@ def empty_app(serve_cluster, models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("empty-app")
     args = demo_args(root, models_dir)
     for name in ("large", "tiny"):
-        args["colorizers"][name]["path"] = str(root / "missing" / name)
+        args["colorizers"][name]["source"] = str(root / "missing" / name)
     serve.run(build_app(args), name="empty", route_prefix="/empty")
     with httpx.Client(base_url=f"{serve_cluster}/empty", timeout=120) as client:
         yield client

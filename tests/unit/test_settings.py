@@ -10,8 +10,8 @@ from deployments.launch import check_config, effective_config
 from deployments.settings import ConfigError, batch_settings, load_settings
 
 ROOT = Path(__file__).parents[2]
-MINIMAL = {"colorizers": {"large": {"architecture": "siggraph17", "path": "m/l"},
-                          "tiny": {"architecture": "ddcolor", "path": "/abs/t"}}}
+MINIMAL = {"colorizers": {"large": {"architecture": "siggraph17", "source": "m/l"},
+                          "tiny": {"architecture": "ddcolor", "source": "/abs/t"}}}
 
 
 @pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.demo.yaml"])
@@ -28,8 +28,8 @@ def test_shipped_configs_are_valid(name):
 
 def test_relative_paths_become_absolute(tmp_path):
     settings = load_settings(MINIMAL, base_dir=tmp_path)
-    assert settings.colorizers["large"].path == tmp_path.resolve() / "m/l"
-    assert settings.colorizers["tiny"].path == Path("/abs/t")
+    assert settings.colorizers["large"].source == str(tmp_path.resolve() / "m/l")
+    assert settings.colorizers["tiny"].source == "/abs/t"
     assert settings.storage.root == tmp_path.resolve() / "data/storage"
     assert settings.max_upload_bytes == 25 * (1 << 20)
 
@@ -38,7 +38,7 @@ def test_relative_paths_become_absolute(tmp_path):
     ({"colorizer": {}}, "colorizer: unknown key"),
     ({"colorizers": {"large": MINIMAL["colorizers"]["large"]}}, "add tiny"),
     ({"colorizers": {**MINIMAL["colorizers"], "huge": MINIMAL["colorizers"]["large"]}}, "colorizers.huge"),
-    ({"colorizers": {**MINIMAL["colorizers"], "tiny": {"architecture": "resnet", "path": "x"}}}, "unknown architecture"),
+    ({"colorizers": {**MINIMAL["colorizers"], "tiny": {"architecture": "resnet", "source": "x"}}}, "unknown architecture"),
     ({"storage": {"backend": "s3"}}, "storage"),
     ({"limits": {"max_upload_mb": 0}}, "limits.max_upload_mb"),
     ({"public_base_url": "example.com"}, "http:// or https://"),
