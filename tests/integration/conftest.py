@@ -43,6 +43,8 @@ def serve_cluster():
     # Workers inherit this environment: the MinIO app's replicas read credentials from it.
     os.environ.setdefault("MINIO_ACCESS_KEY", "test-access-key")
     os.environ.setdefault("MINIO_SECRET_KEY", "test-secret-key")
+    os.environ.setdefault("MODEL_STORE_ACCESS_KEY", "test-access-key")
+    os.environ.setdefault("MODEL_STORE_SECRET_KEY", "test-secret-key")
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

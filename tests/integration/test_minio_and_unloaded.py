@@ -31,6 +31,15 @@ def minio_app(serve_cluster, models_dir, moto_endpoint, tmp_path_factory):
         "backend": "minio", "endpoint": moto_endpoint, "secure": False, "bucket": BUCKET,
         "url_expiry_seconds": 600})
     args["colorizers"]["large"]["source"] = str(root / "no-such-model")
+    # The tiny colorizer's weights come from a model bucket, as on a cluster.
+    store = Minio(moto_endpoint, access_key=os.environ["MODEL_STORE_ACCESS_KEY"],
+                  secret_key=os.environ["MODEL_STORE_SECRET_KEY"], secure=False, region="us-east-1")
+    if not store.bucket_exists("models"):
+        store.make_bucket("models")
+    for path in (models_dir / "tiny").iterdir():
+        store.fput_object("models", f"ddcolor-tiny/{path.name}", str(path))
+    args["colorizers"]["tiny"] = {"architecture": "ddcolor", "source": "s3://models/ddcolor-tiny"}
+    args["model_store"] = {"endpoint": moto_endpoint, "secure": False}
     serve.run(build_app(args), name="minio", route_prefix="/minio")
     with httpx.Client(base_url=f"{serve_cluster}/minio", timeout=120) as client:
         yield client
@@ -78,6 +87,7 @@ def test_unloaded_model_is_503_and_charges_nothing(minio_app):
     health = minio_app.get("/health")
     assert health.status_code == 200 and health.json()["model_loaded"] is True
     assert health.json()["models"]["large"]["loaded"] is False
+    assert health.json()["models"]["tiny"]["source"] == "s3://models/ddcolor-tiny"
     assert "does not exist" in health.json()["models"]["large"]["error"]
     for route, field in (("/api/v1/colorize", "image"), ("/colorize", "file")):
         response = minio_app.post(route, files={field: ("a.jpg", encode(photo(40, 30)))})
