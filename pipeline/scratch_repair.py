@@ -7,11 +7,13 @@ penalty for local image structure, so texture and object edges need far more con
 scratch on a smooth area. Of those pixels we keep components that lie on straight runs (grey-level
 openings with line-shaped elements at several angles) adding up to a minimum length, plus small
 high-contrast specks (dust); blobs and short wiggles are real content. Found scratches are then
-extended along weaker line evidence, the mask is dilated a little, and cv2.inpaint fills it.
+extended along weaker line evidence, the mask is dilated a little, and cv2.inpaint fills it (or a
+learned inpainter such as pipeline.inpainting.LamaInpainter, when one is given).
 All sizes are fractions of the shorter image side, so settings hold at any resolution.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -21,6 +23,9 @@ import numpy as np
 
 _MIN_SIDE = 16  # below this there is no room to tell a scratch from image content
 _INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+
+# (images, masks with 255 = hole) -> filled images of the same shapes; one call per batch.
+Inpainter = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,10 @@ class _Scale:
 class ScratchRepairer:
     """Finds thin bright/dark damage and inpaints it; everything else stays bit-exact."""
 
-    def __init__(self, settings: ScratchRepairSettings = ScratchRepairSettings()) -> None:
+    def __init__(self, settings: ScratchRepairSettings = ScratchRepairSettings(),
+                 inpainter: Inpainter | None = None) -> None:
         self.settings = settings
+        self.inpainter = inpainter  # None: cv2.inpaint with settings.method
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 RGB -> uint8 HxW mask, 255 where the photo looks damaged."""
@@ -102,17 +109,28 @@ class ScratchRepairer:
 
     def repair(self, rgb: np.ndarray) -> np.ndarray:
         """Same shape and dtype; only pixels inside the detected mask change."""
-        mask = self.detect(rgb)
-        if not mask.any():
-            return rgb.copy()
-        scale = _Scale.for_side(min(rgb.shape[:2]), self.settings)
-        filled = cv2.inpaint(
-            np.ascontiguousarray(rgb), mask, scale.inpaint_radius, _INPAINT_METHODS[self.settings.method]
-        )
-        return np.where(mask[..., None] > 0, filled, rgb)  # guarantee untouched pixels stay bit-exact
+        return self.repair_batch([rgb])[0]
 
     def repair_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return [self.repair(image) for image in images]
+        """repair() for each image; a learned inpainter gets all damaged images in one call."""
+        masks = [self.detect(image) for image in images]
+        damaged = [index for index, mask in enumerate(masks) if mask.any()]
+        outputs = [image.copy() for image in images]
+        if not damaged:
+            return outputs
+        if self.inpainter is None:
+            filled = [self._cv2_inpaint(images[index], masks[index]) for index in damaged]
+        else:
+            filled = self.inpainter([images[index] for index in damaged], [masks[index] for index in damaged])
+        for index, fill in zip(damaged, filled):
+            mask = masks[index]
+            # guarantee untouched pixels stay bit-exact, whatever the inpainter does
+            outputs[index] = np.where(mask[..., None] > 0, fill, images[index])
+        return outputs
+
+    def _cv2_inpaint(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        scale = _Scale.for_side(min(rgb.shape[:2]), self.settings)
+        return cv2.inpaint(np.ascontiguousarray(rgb), mask, scale.inpaint_radius, _INPAINT_METHODS[self.settings.method])
 
 
 def _damage_of_one_polarity(

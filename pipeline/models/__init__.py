@@ -13,6 +13,7 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "siggraph17": ("pipeline.models.siggraph17", "SIGGRAPHGenerator"),
     "ddcolor": ("pipeline.models.ddcolor", "DDColor"),
     "gfpgan": ("pipeline.models.gfpgan", "GFPGANv1Clean"),
+    "lama": ("pipeline.models.lama", "FFCResNetGenerator"),
 }
 
 ARCHITECTURE_NAMES = tuple(_ARCHITECTURES)

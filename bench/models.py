@@ -1,0 +1,97 @@
+"""Bare-model latency: every stage's pipeline class in-process, batch 1 vs batch N.
+
+    python -m bench.models                       # CPU: tiny builds + full-size DDColor-T/SIGGRAPH17
+    python -m bench.models --device cuda --dtype float16 --size 1024 --batches 1 8 32
+
+Full-size architectures run with random weights (no weights can be downloaded here):
+latency and memory are real, the colors are not. Prints one table; ratios are measured
+side by side in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from pipeline.colorizer import Colorizer
+from pipeline.device import resolve_device, resolve_dtype
+from pipeline.models import architecture_module, model_class
+
+
+def photo_batch(count: int, size: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    images = []
+    for _ in range(count):
+        base = 128 + 80 * np.sin(x / rng.uniform(20, 60)) * np.cos(y / rng.uniform(20, 60))
+        grey = np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+        images.append(np.dstack([grey] * 3))
+    return images
+
+
+def build(architecture: str, variant: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    module = architecture_module(architecture)
+    if variant == "tiny":
+        model = module.build_tiny_model() if hasattr(module, "build_tiny_model") \
+            else model_class(architecture)(**module.tiny_config())
+    else:
+        model = model_class(architecture)(**module.PUBLISHED_CONFIGS[variant])
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    run()  # warm-up: allocator, kernels, lazy init
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--size", type=int, default=512, help="input image side (px)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=[
+        "siggraph17:tiny", "ddcolor:tiny", "siggraph17:siggraph17", "ddcolor:ddcolor_paper_tiny"])
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    torch.set_grad_enabled(False)
+    print(f"# bare models on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+          f"{dtype}, {args.size}px inputs, torch threads {torch.get_num_threads()}")
+    print(f"{'model':34} {'batch':>5} {'ms/batch':>10} {'ms/image':>9} {'img/s':>8} {'vs b1':>6} {'GPU MiB':>8}")
+    for entry in args.models:
+        architecture, variant = entry.split(":")
+        colorizer = Colorizer(build(architecture, variant, device, dtype))
+        base_rate = None
+        for batch in args.batches:
+            images = photo_batch(batch, args.size)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = timed(lambda: colorizer.colorize_batch(images), device, args.repeats)
+            rate = batch / seconds
+            base_rate = base_rate or rate
+            memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+            print(f"{entry:34} {batch:>5} {seconds * 1000:>10.1f} {seconds * 1000 / batch:>9.1f} "
+                  f"{rate:>8.2f} {rate / base_rate:>6.2f} {memory:>8.0f}", flush=True)
+        del colorizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
