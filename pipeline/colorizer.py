@@ -13,7 +13,8 @@ from .lab import lightness, merge_lightness_ab, model_lightness
 
 
 class Colorizer:
-    def __init__(self, model: nn.Module, *, max_forward_batch: int = 32):
+    # DDColor's decoder at batch 32 x 512 px exceeds 2**31 elements in one tensor (CUDA index limit).
+    def __init__(self, model: nn.Module, *, max_forward_batch: int = 16):
         self.model = model.eval()
         self.input_size = int(model.input_size)
         self.max_forward_batch = max_forward_batch
