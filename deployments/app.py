@@ -27,7 +27,7 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     return Ingress.bind(
         settings.model_dump(mode="json"),
-        ScratchRepair.bind(settings.scratch_repair.model_dump(mode="json")),
+        ScratchRepair.bind(settings.scratch_repair.model_dump(mode="json"), runtime),
         colorizers["large"],
         colorizers["tiny"],
         FaceRemaster.bind(settings.face_remaster.model_dump(mode="json"), runtime),

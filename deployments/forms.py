@@ -9,6 +9,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from pipeline.prompts import InvalidPromptError, validate_prompt
+
 
 class ApiError(Exception):
     """Becomes ``{"detail": ...}`` with this status (both seeds' error shape)."""
@@ -62,15 +64,11 @@ class Form:
             raise ApiError(400, f"field '{name}' must be a whole number from {low} to {high}")
         return int(value)
 
-    def prompt(self, name: str = "prompt", max_chars: int = 500) -> str | None:
-        value = self.text(name)
-        if value is None:
-            return None
-        if len(value) > max_chars:
-            raise ApiError(400, f"field '{name}' is longer than {max_chars} characters")
-        if any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
-            raise ApiError(400, f"field '{name}' contains control characters")
-        return " ".join(value.split())
+    def prompt(self, name: str = "prompt") -> str | None:
+        try:
+            return validate_prompt(self.text(name))  # the colorizer's own rules, checked before any work
+        except InvalidPromptError as exc:
+            raise ApiError(400, f"field '{name}': {exc}") from None
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.text(name, default)

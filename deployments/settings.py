@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.models import ARCHITECTURE_NAMES
 from storage import LocalStoreSettings, StorageSettings
+
+from .model_settings import ModelRuntime, ModelSettings, ModelStoreSettings
+from .model_settings import Strict as _Strict
 
 COLORIZER_NAMES = ("large", "tiny")
 
@@ -21,62 +23,8 @@ class ConfigError(ValueError):
     """The configuration is wrong; the message says where and how to fix it."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelStoreSettings(_Strict):
-    """The S3/MinIO bucket `s3://` model sources are read from (credentials from env vars)."""
-    endpoint: str
-    secure: bool = True
-    region: str = "us-east-1"
-    access_key_env: str = "MODEL_STORE_ACCESS_KEY"
-    secret_key_env: str = "MODEL_STORE_SECRET_KEY"
-
-
-class ModelRuntime(_Strict):
-    """Where a replica puts downloaded weights and which model store it reads."""
-    cache_dir: Path
-    store: ModelStoreSettings | None = None
-
-
-class ModelSettings(_Strict):
-    architecture: str
-    # A local directory, hf://org/name[@revision], s3://bucket/prefix, or https://.../file (pinned by sha256)
-    source: str
-    files: tuple[str, ...] | None = None        # only these files/patterns of an hf:// or s3:// source
-    sha256: str | None = None                   # pin for https:// sources (or a #sha256= fragment)
-    weights: str | None = None                  # file in the source; default: model.safetensors / pytorch_model.bin
-    config: dict[str, Any] | str | None = None  # constructor kwargs, a published config name, or config.json
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
-
-    def describe(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "source": self.source}
-
-    def load(self, runtime: ModelRuntime):
-        """Fetch (if remote) and load the model, in the replica: torch is imported only here."""
-        from pipeline.device import resolve_device, resolve_dtype
-        from pipeline.model_source import S3Settings, resolve_model_source
-        from pipeline.models.loading import ModelSpec, load_model
-
-        store = S3Settings(**runtime.store.model_dump()) if runtime.store else None
-        directory = resolve_model_source(self.source, cache_dir=runtime.cache_dir, files=self.files,
-                                         sha256=self.sha256, s3=store)
-        device = resolve_device(self.device)
-        spec = ModelSpec(self.architecture, directory, self.weights, self.config)
-        return load_model(spec, device=device, dtype=resolve_dtype(self.dtype, device))
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        if value not in ARCHITECTURE_NAMES:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}")
-        return value
-
-
 class ScratchRepairSettings(_Strict):
-    enabled: bool = True
+    inpainter: ModelSettings | None = None  # a learned inpainter (architecture lama); None: OpenCV Telea
 
 
 class FaceRemasterSettings(_Strict):
@@ -144,12 +92,13 @@ def load_settings(args: dict[str, Any] | None, *, base_dir: Path | None = None) 
 
 def _absolutize(settings: AppSettings, base: Path) -> AppSettings:
     def fix(model: ModelSettings) -> ModelSettings:
-        if "://" in model.source or Path(model.source).is_absolute():
-            return model
-        return model.model_copy(update={"source": str(base / model.source)})
+        return model.with_base_dir(base)
 
     update: dict[str, Any] = {"colorizers": {k: fix(v) for k, v in settings.colorizers.items()},
                               "model_cache_dir": base / settings.model_cache_dir}
+    if settings.scratch_repair.inpainter is not None:
+        update["scratch_repair"] = settings.scratch_repair.model_copy(
+            update={"inpainter": fix(settings.scratch_repair.inpainter)})
     if settings.face_remaster.restorer is not None:
         update["face_remaster"] = settings.face_remaster.model_copy(
             update={"restorer": fix(settings.face_remaster.restorer)})

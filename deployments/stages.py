@@ -18,7 +18,8 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 
-from .settings import ModelRuntime, ModelSettings, batch_settings
+from .model_settings import ModelRuntime, ModelSettings
+from .settings import batch_settings
 
 log = logging.getLogger("ray.serve")
 
@@ -71,12 +72,19 @@ class _Stage:
 class ScratchRepair(_Stage):
     stage = "scratch-repair"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: dict[str, Any], runtime: dict[str, Any]):
+        spec = ModelSettings.model_validate(settings["inpainter"]) if settings.get("inpainter") else None
+        runtime = ModelRuntime.model_validate(runtime)
+
         def load():
             from pipeline.scratch_repair import ScratchRepairer
-            return ScratchRepairer()
+            if spec is None:
+                return ScratchRepairer()
+            from pipeline.inpainting import LamaInpainter
+            return ScratchRepairer(inpainter=LamaInpainter(spec.load_module(runtime)))
 
-        self._load({"method": "morphology + OpenCV inpainting"}, load)
+        describe = {"detector": "morphology", "inpainter": spec.describe() if spec else "OpenCV Telea"}
+        self._load(describe, load)
 
     def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         return self._impl.repair_batch(images)
@@ -89,8 +97,7 @@ class Colorizer(_Stage):
         self.stage = f"'{name}' colorization"
 
         def load():
-            from pipeline.colorizer import Colorizer as ColorizerPipeline
-            return ColorizerPipeline(spec.load(runtime))
+            return spec.load_colorizer(runtime)
 
         self._load(spec.describe(), load)
 
@@ -111,7 +118,7 @@ class FaceRemaster(_Stage):
                 raise ModelNotLoadedError("no face restorer weights are configured (face_remaster.restorer)")
             from pipeline.face_detect import FaceDetector
             from pipeline.face_remaster import FaceRemaster as FaceRemasterPipeline
-            return FaceRemasterPipeline(spec.load(runtime), FaceDetector())
+            return FaceRemasterPipeline(spec.load_module(runtime), FaceDetector())
 
         self._load(spec.describe() if spec else {}, load)
 

@@ -2,13 +2,22 @@
 
     python -m pipeline.build_demo .models/demo
 
+    large/base + large/controlnet   SDXL ControlNet pipeline laid out like the published weights
+    captioner/                      BLIP captioner (prompts for requests without one)
+    tiny/                           DDColor
+    face/                           GFPGAN v1.4 architecture
+    lama/                           Big-LaMa architecture (learned inpainter for scratch repair)
+
 Colors from untrained weights are not meaningful: the demo shows the service working,
 not a good colorization. Builds are seeded, so every machine gets the same weights.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,19 +25,9 @@ import torch
 from .models import architecture_module, model_class
 from .models.loading import save_model
 
-DEMO_MODELS = {
-    "large": "siggraph17",
-    "tiny": "ddcolor",
-    "face": "gfpgan",
-}
 
-
-def build(output: Path, *, seed: int = 0, force: bool = False) -> list[Path]:
-    built = []
-    for name, architecture in DEMO_MODELS.items():
-        directory = output / name
-        if (directory / "model.safetensors").is_file() and not force:
-            continue
+def _state_dict_model(architecture: str) -> Callable[[Path, int], None]:
+    def build(directory: Path, seed: int) -> None:
         module = architecture_module(architecture)
         constructor = module.tiny_config()
         torch.manual_seed(seed)
@@ -36,7 +35,43 @@ def build(output: Path, *, seed: int = 0, force: bool = False) -> list[Path]:
         model = module.build_tiny_model(seed=seed) if hasattr(module, "build_tiny_model") \
             else model_class(architecture)(**constructor)
         save_model(model, directory, constructor)
-        built.append(directory)
+    return build
+
+
+def _sdxl_controlnet(directory: Path, seed: int) -> None:
+    from .tiny_diffusion import build_tiny_sdxl_controlnet
+    build_tiny_sdxl_controlnet(directory, seed=seed)  # writes base/ and controlnet/
+
+
+def _blip(directory: Path, seed: int) -> None:
+    from .tiny_diffusion import build_tiny_blip
+    build_tiny_blip(directory, seed=seed)
+
+
+DEMO_MODELS: dict[str, Callable[[Path, int], None]] = {
+    "large": _sdxl_controlnet,
+    "captioner": _blip,
+    "tiny": _state_dict_model("ddcolor"),
+    "face": _state_dict_model("gfpgan"),
+    "lama": _state_dict_model("lama"),
+}
+
+
+def build(output: Path, *, seed: int = 0, force: bool = False) -> list[Path]:
+    """Build what is missing; each model appears complete (renamed into place) or not at all."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    built = []
+    for name, builder in DEMO_MODELS.items():
+        target = output / name
+        if target.exists() and not force:
+            continue
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output))
+        builder(staging / name, seed)
+        shutil.rmtree(target, ignore_errors=True)
+        (staging / name).rename(target)
+        staging.rmdir()
+        built.append(target)
     return built
 
 

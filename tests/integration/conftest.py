@@ -14,10 +14,14 @@ def demo_args(root: Path, models: Path, **overrides) -> dict:
     args = {
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
         "colorizers": {
-            "large": {"architecture": "siggraph17", "source": str(models / "large")},
+            "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
+                      "diffusion": {"controlnet": {"source": str(models / "large" / "controlnet")},
+                                    "captioner": {"source": str(models / "captioner")},
+                                    "steps": 2, "resolution": 64}},
             "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
         },
         "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
+        "scratch_repair": {"inpainter": {"architecture": "lama", "source": str(models / "lama")}},
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
         "url_fetch": {"timeout_s": 5, "allow_hosts": ["127.0.0.1"]},
     }

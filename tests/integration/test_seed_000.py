@@ -109,3 +109,15 @@ def test_face_remaster_changes_only_the_face(client):
     assert changed.any(), "the face stage changed nothing"
     # The astronaut's face is roughly x 160-260, y 40-170 in the 512x512 picture.
     assert 120 < xs.mean() < 300 and 20 < ys.mean() < 200 and changed.mean() < 0.25
+
+
+def test_seed_makes_text_guided_output_reproducible(client):
+    upload = {"image": ("a.jpg", encode(photo(96, 64)), "image/jpeg")}
+    outputs = []
+    for seed in ("7", "7", "8"):
+        response = client.post("/api/v1/colorize", files=upload,
+                               data={"model": "large", "prompt": "a green field", "seed": seed})
+        assert response.status_code == 200, response.text
+        outputs.append(np.asarray(fetch_png(client, response.json()["outputUrl"])))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])

@@ -84,5 +84,6 @@ def test_seed_and_prompt_fields():
     assert form.prompt("flag") == "a red car"
     with pytest.raises(ApiError, match="whole number from 0 to 10"):
         form.integer("model", 0, 10)
-    with pytest.raises(ApiError, match="longer than 3"):
-        form.prompt("flag", max_chars=3)
+    long = parse(request_for(files={"image": ("a", b"x")}, data={"model": "x" * 301}))
+    with pytest.raises(ApiError, match="at most 300"):
+        long.prompt("model")
