@@ -1,14 +1,17 @@
 """The one interface between the ingress and access control."""
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class AccessDenied(Exception):
-    """Refused before any work: 401 (who are you), 403 (no credits), 429 (slow down), 503 (not configured)."""
+    """Refused before any work: 400 (bad Idempotency-Key), 401 (who are you), 403 (no credits),
+    409 (Idempotency-Key reused for another request, or still running), 429 (slow down), 503 (not configured)."""
 
     def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None):
         super().__init__(detail)
@@ -20,13 +23,31 @@ class JobRequest:
     route: str                    # e.g. "POST /api/v1/colorize"
     price: int = 0                # credits a success costs (0 for routes that are not metered)
     details: Mapping[str, str] = field(default_factory=dict)  # model, add-ons: recorded with the usage
+    fingerprint: str | None = None  # hash of the request's content: same Idempotency-Key must mean same request
 
 
 @dataclass
 class Admission:
-    """What ``admit`` yields: the caller's identity, and where to record the result."""
+    """What ``admit`` yields: the caller's identity, and where to record the result.
+
+    If ``replay`` is not None, this exact request already succeeded under the same
+    Idempotency-Key: return ``replay`` as the response body and do not run the job again
+    (nothing is charged). Otherwise run the job and, on success, set ``result_id`` and
+    ``response`` (the JSON body sent to the client; it is stored for later replays)."""
     principal: str
-    result_id: str | None = None  # set by the ingress once the result is stored
+    result_id: str | None = None          # set by the ingress once the result is stored
+    response: dict[str, Any] | None = None  # set by the ingress on success
+    replay: dict[str, Any] | None = None    # set by admit: the stored body of an earlier success
+
+
+def request_fingerprint(route: str, fields: Iterable[tuple[str, bytes | str]]) -> str:
+    """A hash of what a request asks for (route plus form fields, in any order), for
+    ``JobRequest.fingerprint``: a retry under the same Idempotency-Key must match it."""
+    digest = hashlib.sha256(route.encode())
+    for name, value in sorted((name, value.encode() if isinstance(value, str) else value) for name, value in fields):
+        for part in (name.encode(), value):  # length-prefixed: ("ab", "c") and ("a", "bc") differ
+            digest.update(len(part).to_bytes(8, "big") + part)
+    return "sha256:" + digest.hexdigest()
 
 
 class Access(ABC):

@@ -1,0 +1,222 @@
+"""The credit ledger's request path: authenticate, rate-limit, idempotency, reserve, then
+commit or release. Blocking (SQLAlchemy); the async access layer runs it in threads.
+
+Every step for one key runs under that key's row lock (SELECT ... FOR UPDATE on PostgreSQL,
+BEGIN IMMEDIATE on SQLite), so several ingress processes see one consistent balance,
+bucket and idempotency table. Credits are taken by a conditional UPDATE (balance >= price)
+when the job starts and given back if it fails; a reservation whose process died is
+given back by ``sweep`` once its deadline has passed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from .access import JobRequest
+from .db import api_keys, idempotency, usage
+from .keys import InvalidKeyFormat, hash_matches, parse_key
+from .ratelimit import take_token
+
+log = logging.getLogger(__name__)
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+class Refusal(Exception):
+    """The ledger refuses the request; ``status`` is the HTTP status to answer with."""
+    status = 400
+
+    def __init__(self, detail: str, retry_after_s: int | None = None):
+        super().__init__(detail)
+        self.detail, self.retry_after_s = detail, retry_after_s
+
+
+class Unauthorized(Refusal):
+    status = 401
+
+
+class InsufficientCredits(Refusal):
+    status = 403
+
+
+class IdempotencyConflict(Refusal):
+    status = 409
+
+
+class RateLimited(Refusal):
+    status = 429
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted job: a reservation to settle, or a replay of an earlier success."""
+    key_id: str
+    usage_id: int | None = None
+    price: int = 0
+    started_at: float = 0.0
+    idempotency_key: str | None = None
+    replay: dict[str, Any] | None = None
+
+
+class Ledger:
+    def __init__(self, engine: Engine, *, default_rate_per_s: float = 1.0, default_burst: int = 10,
+                 reservation_ttl_s: float = 900, idempotency_ttl_s: float = 86_400,
+                 clock: Callable[[], float] = time.time):
+        self.engine, self.clock = engine, clock
+        self.default_rate_per_s, self.default_burst = default_rate_per_s, default_burst
+        self.reservation_ttl_s, self.idempotency_ttl_s = reservation_ttl_s, idempotency_ttl_s
+
+    def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
+        """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
+        try:
+            presented = parse_key(presented_key or "")
+        except InvalidKeyFormat:
+            raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)") from None
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise Refusal(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        now = self.clock()
+        refusal: Refusal | None = None
+        with self.engine.begin() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)
+                               .with_for_update()).first()
+            if not hash_matches(row.key_hash if row else None, presented.key_hash):
+                raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)")
+            if row.revoked_at is not None:
+                raise Unauthorized("this API key has been revoked")
+            bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
+                                self.default_rate_per_s, burst=row.burst or self.default_burst)
+            if not bucket.allowed:
+                self._record_refusal(conn, row.key_id, job, now, "rate limited", idempotency_key)
+                refusal = RateLimited("rate limit exceeded for this API key; retry after the "
+                                      "Retry-After delay", bucket.retry_after_s)
+            else:
+                conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
+                             .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
+                ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now)
+                if isinstance(ticket_or_refusal, Refusal):
+                    refusal = ticket_or_refusal
+                else:
+                    return ticket_or_refusal
+        raise refusal  # raised after the commit, so the bucket and the usage row are kept
+
+    def _idempotent_reserve(self, conn: Connection, key_id: str, job: JobRequest, idempotency_key: str | None,
+                            now: float) -> Ticket | Refusal:
+        if idempotency_key is not None:
+            earlier = conn.execute(select(idempotency).where(
+                idempotency.c.key_id == key_id, idempotency.c.idempotency_key == idempotency_key)).first()
+            if earlier is not None and earlier.expires_at <= now:  # an expired replay, or a dead process's lease
+                conn.execute(delete(idempotency).where(idempotency.c.key_id == key_id,
+                                                       idempotency.c.idempotency_key == idempotency_key))
+                earlier = None
+            if earlier is not None:
+                if earlier.fingerprint != (job.fingerprint or ""):
+                    return IdempotencyConflict("this Idempotency-Key was already used with a different request; "
+                                               "use a new key for a new request")
+                if earlier.status == "in_progress":
+                    return IdempotencyConflict("a request with this Idempotency-Key is still in progress; "
+                                               "retry once it has finished")
+                return Ticket(key_id=key_id, idempotency_key=idempotency_key, replay=json.loads(earlier.response))
+        reserved = conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.balance >= job.price)
+                                .values(balance=api_keys.c.balance - job.price))
+        if reserved.rowcount != 1:
+            self._record_refusal(conn, key_id, job, now, "insufficient credits", idempotency_key)
+            return InsufficientCredits(f"not enough credits: this job costs {job.price}; add credits to this key")
+        deadline = now + self.reservation_ttl_s
+        usage_id = conn.execute(usage.insert().values(
+            **_job_columns(key_id, job, idempotency_key), status="reserved", started_at=now,
+            deadline=deadline)).inserted_primary_key[0]
+        if idempotency_key is not None:
+            conn.execute(idempotency.insert().values(
+                key_id=key_id, idempotency_key=idempotency_key, fingerprint=job.fingerprint or "",
+                status="in_progress", usage_id=usage_id, created_at=now, expires_at=deadline))
+        return Ticket(key_id=key_id, usage_id=usage_id, price=job.price, started_at=now,
+                      idempotency_key=idempotency_key)
+
+    def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
+        """The job succeeded: keep the reserved credits, store the response for replays."""
+        if ticket.usage_id is None:
+            return  # a replay: nothing was reserved
+        now = self.clock()
+        with self.engine.begin() as conn:
+            settled = conn.execute(update(usage).where(usage.c.id == ticket.usage_id, usage.c.status == "reserved")
+                                   .values(status="succeeded", finished_at=now, deadline=None, result_id=result_id,
+                                           duration_s=now - ticket.started_at))
+            if settled.rowcount != 1:  # the sweep gave the credits back (job outlived its deadline): charge again
+                charged = conn.execute(update(api_keys).where(api_keys.c.key_id == ticket.key_id,
+                                                              api_keys.c.balance >= ticket.price)
+                                       .values(balance=api_keys.c.balance - ticket.price)).rowcount == 1
+                note = "reservation had expired; charged again" if charged else \
+                    "reservation had expired and credits ran out: not charged"
+                log.warning("usage %s succeeded after its reservation expired (%s)", ticket.usage_id, note)
+                conn.execute(update(usage).where(usage.c.id == ticket.usage_id).values(
+                    status="succeeded", note=note, finished_at=now, result_id=result_id,
+                    duration_s=now - ticket.started_at))
+            if ticket.idempotency_key is not None:
+                body = response if response is not None else {"result_id": result_id}
+                conn.execute(update(idempotency).where(
+                    idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
+                    idempotency.c.usage_id == ticket.usage_id).values(
+                    status="succeeded", response=json.dumps(body, default=str),
+                    expires_at=now + self.idempotency_ttl_s))
+
+    def fail_job(self, ticket: Ticket, note: str) -> None:
+        """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried."""
+        if ticket.usage_id is None:
+            return
+        now = self.clock()
+        with self.engine.begin() as conn:
+            self._release(conn, ticket.usage_id, ticket.key_id, ticket.price, note, now, ticket.started_at)
+            if ticket.idempotency_key is not None:
+                conn.execute(delete(idempotency).where(
+                    idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
+                    idempotency.c.usage_id == ticket.usage_id, idempotency.c.status == "in_progress"))
+
+    def sweep(self, limit: int = 500) -> int:
+        """Give back reservations past their deadline (their process died) and drop expired
+        idempotency records. Safe to run from every replica at once. Returns releases done."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            stale = conn.execute(select(usage.c.id, usage.c.key_id, usage.c.price, usage.c.started_at)
+                                 .where(usage.c.status == "reserved", usage.c.deadline < now)
+                                 .order_by(usage.c.id).limit(limit)).all()
+        released = 0
+        for row in stale:  # one short transaction each: never hold many key locks at once
+            with self.engine.begin() as conn:
+                released += self._release(conn, row.id, row.key_id, row.price,
+                                          "reservation expired (its process stopped?); credits given back",
+                                          now, row.started_at)
+        with self.engine.begin() as conn:
+            conn.execute(delete(idempotency).where(idempotency.c.expires_at < now))
+        if released:
+            log.warning("released %d expired credit reservations", released)
+        return released
+
+    @staticmethod
+    def _release(conn: Connection, usage_id: int, key_id: str, price: int, note: str, now: float,
+                 started_at: float) -> int:
+        # Only the transition reserved -> failed gives credits back, so a release and the sweep
+        # racing on the same row refund once.
+        moved = conn.execute(update(usage).where(usage.c.id == usage_id, usage.c.status == "reserved").values(
+            status="failed", note=note[:1000], finished_at=now, deadline=None, duration_s=now - started_at))
+        if moved.rowcount == 1:
+            conn.execute(update(api_keys).where(api_keys.c.key_id == key_id)
+                         .values(balance=api_keys.c.balance + price))
+        return moved.rowcount
+
+    @staticmethod
+    def _record_refusal(conn: Connection, key_id: str, job: JobRequest, now: float, note: str,
+                        idempotency_key: str | None) -> None:
+        conn.execute(usage.insert().values(**_job_columns(key_id, job, idempotency_key), status="refused",
+                                           note=note, started_at=now, finished_at=now, duration_s=0.0))
+
+
+def _job_columns(key_id: str, job: JobRequest, idempotency_key: str | None) -> dict[str, Any]:
+    addons = ",".join(sorted(name for name, value in job.details.items() if name != "model" and value == "true"))
+    return {"key_id": key_id, "route": job.route, "model": job.details.get("model"), "addons": addons,
+            "price": job.price, "idempotency_key": idempotency_key}
