@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/python -m pipeline.build_demo .models/demo
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.demo.yaml --host $(HOST) --port $(PORT)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.demo.yaml --demo-key --host $(HOST) --port $(PORT)
 
 serve: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.yaml --host $(HOST) --port $(PORT)

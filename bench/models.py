@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
             print(f"{entry:34} {batch:>5} {seconds * 1000:>10.1f} {seconds * 1000 / batch:>9.1f} "
                   f"{rate:>8.2f} {rate / base_rate:>6.2f} {memory:>8.0f}", flush=True)
-        del colorizer
+
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 from ray.serve import Application
 
 from .ingress import Ingress
-from .settings import load_settings
+from .settings import AppSettings, load_settings
 from .stages import Colorizer, FaceRemaster, ScratchRepair
 
 # Deployment names, as serve_config.yaml's `deployments:` refers to them.
@@ -19,16 +19,21 @@ DEPLOYMENT_NAMES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve calls builders with exactly one argument: the app's `args` from the config."""
-    settings = load_settings(args)
+    return build_graph(load_settings(args))
+
+
+def build_graph(settings: AppSettings, options: dict[str, dict[str, Any]] | None = None) -> Application:
+    """The bound graph; ``options`` per deployment name play the role of the YAML's `deployments:`."""
+    def deployment(cls, name: str):
+        return cls.options(name=name, **(options or {}).get(name, {}))
+
     runtime = settings.model_runtime()
-    colorizers = {
-        name: Colorizer.options(name=f"Colorizer{name.title()}").bind(name, model.model_dump(mode="json"), runtime)
-        for name, model in settings.colorizers.items()
-    }
-    return Ingress.bind(
+    return deployment(Ingress, "Ingress").bind(
         settings.model_dump(mode="json"),
-        ScratchRepair.bind(settings.scratch_repair.model_dump(mode="json"), runtime),
-        colorizers["large"],
-        colorizers["tiny"],
-        FaceRemaster.bind(settings.face_remaster.model_dump(mode="json"), runtime),
+        deployment(ScratchRepair, "ScratchRepair").bind(settings.scratch_repair.model_dump(mode="json"), runtime),
+        deployment(Colorizer, "ColorizerLarge").bind("large", settings.colorizers["large"].model_dump(mode="json"),
+                                                     runtime),
+        deployment(Colorizer, "ColorizerTiny").bind("tiny", settings.colorizers["tiny"].model_dump(mode="json"),
+                                                    runtime),
+        deployment(FaceRemaster, "FaceRemaster").bind(settings.face_remaster.model_dump(mode="json"), runtime),
     )

@@ -40,6 +40,9 @@ class Form:
     def get(self, name: str) -> FormPart | None:
         return self._parts.get(name)
 
+    def items(self) -> list[tuple[str, bytes | str]]:
+        return [(name, part.data if part.is_file else part.value) for name, part in self._parts.items()]
+
     def text(self, name: str, default: str | None = None) -> str | None:
         part = self._parts.get(name)
         if part is None:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from auth import Access, AccessDenied, JobRequest, OpenAccess, job_price
+from auth import Access, AccessDenied, JobRequest, OpenAccess, PolicyAccess, job_price, request_fingerprint
 from pipeline.errors import ImageTooLargeError, InvalidImageError
 from pipeline.image_text import parse_image_text
 from pipeline.images import CONTENT_TYPES, DecodedImage, decode_image, encode_image
@@ -36,6 +36,7 @@ KEY_API, APP_CHECK_API = "v1", "app"  # the two surfaces map internal failures d
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RETRY_AFTER_S = "2"
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
+V1_FIELDS = ("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -47,7 +48,11 @@ class Ingress:
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
         self.graph = Graph({"scratch_repair": scratch_repair, "large": large, "tiny": tiny,
                             "face_remaster": face_remaster}, timeout_s=self.settings.limits.request_timeout_s)
-        self.access = access or OpenAccess()  # the one place authentication plugs in
+        # The one place access control plugs in. Built here, in the replica: it holds a database
+        # engine and a Firebase app, which do not travel between processes.
+        self.access = access or (PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess())
+        if self.settings.auth is None:
+            log.warning("no `auth:` configured: every route is open and nothing is charged")
         self.routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/api/v1/colorize", self.colorize_v1, methods=["POST"]),
@@ -146,20 +151,22 @@ class Ingress:
     # -- seed 000 ---------------------------------------------------------------------------
 
     async def colorize_v1(self, request: Request) -> Response:
-        form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
-                               allowed=("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS))
+        form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=V1_FIELDS)
         plan = JobPlan(model=form.choice("model", MODELS, "large"), clean_scratches=form.flag("clean_scratches"),
                        face_remaster=form.flag("face_remaster"), **_guidance(form))
-        job = JobRequest("POST /api/v1/colorize",
-                         price=job_price(clean_scratches=plan.clean_scratches, face_remaster=plan.face_remaster),
+        route = "POST /api/v1/colorize"
+        job = JobRequest(route, price=job_price(clean_scratches=plan.clean_scratches, face_remaster=plan.face_remaster),
                          details={"model": plan.model, "clean_scratches": str(plan.clean_scratches).lower(),
-                                  "face_remaster": str(plan.face_remaster).lower()})
+                                  "face_remaster": str(plan.face_remaster).lower()},
+                         fingerprint=request_fingerprint(route, form.items()))  # Idempotency-Key retries must match
         async with self.access.admit(job, request.headers) as admission:
-            image = await self._decode(await self._image_v1(form))
-            filename = await self._run_and_store(plan, image, "PNG", KEY_API)
-            admission.result_id = filename
-        url = self.store.public_url("results", filename, self._base_url(request))
-        return JSONResponse({"outputUrl": url}, media_type="application/json; charset=utf-8")
+            if admission.replay is None:  # not a retry of a job that already succeeded
+                image = await self._decode(await self._image_v1(form))
+                filename = await self._run_and_store(plan, image, "PNG", KEY_API)
+                admission.result_id = filename
+                admission.response = {"outputUrl": self.store.public_url("results", filename,
+                                                                         self._base_url(request))}
+        return JSONResponse(admission.replay or admission.response, media_type="application/json; charset=utf-8")
 
     async def _image_v1(self, form: Form) -> bytes:
         part = form.get("image")

@@ -52,6 +52,17 @@ def check_config(config: dict[str, Any], *, base_dir: Path) -> list[str]:
     return problems
 
 
+def print_demo_keys(config: dict[str, Any]) -> None:
+    from auth import ensure_demo_key
+
+    for app in config["applications"]:
+        settings = load_settings(app.get("args"), base_dir=Path.cwd())
+        if settings.auth is not None:
+            key = ensure_demo_key(settings.auth)
+            print(f"demo API key (app {app.get('name')}): {key}\n"
+                  f"  curl -H 'X-Api-Key: {key}' -F image=@photo.jpg http://HOST:PORT/api/v1/colorize", flush=True)
+
+
 def gpu_count() -> int:
     if shutil.which("nvidia-smi") is None and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         return 0
@@ -85,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--check", action="store_true", help="only validate the config")
+    parser.add_argument("--demo-key", action="store_true",
+                        help="create (once) and print an API key with demo credits ($DEMO_API_KEY fixes it)")
     args = parser.parse_args(argv)
     try:
         config = yaml.safe_load(args.config.read_text())
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok")
         return 0
+    if args.demo_key:
+        print_demo_keys(config)
     effective = effective_config(config, host=args.host, port=args.port, gpus=gpu_count())
     run_dir = Path(".run")
     run_dir.mkdir(exist_ok=True)

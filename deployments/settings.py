@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from auth import AuthSettings
 from storage import LocalStoreSettings, StorageSettings
 
 from .model_settings import ModelRuntime, ModelSettings, ModelStoreSettings
@@ -52,6 +53,7 @@ class AppSettings(_Strict):
     colorizers: dict[Literal["large", "tiny"], ModelSettings]
     scratch_repair: ScratchRepairSettings = ScratchRepairSettings()
     face_remaster: FaceRemasterSettings = FaceRemasterSettings()
+    auth: AuthSettings | None = None  # None: open access, nothing charged (say so loudly in production)
     limits: LimitSettings = LimitSettings()
     url_fetch: UrlFetchSettings = UrlFetchSettings()
 
@@ -102,6 +104,8 @@ def _absolutize(settings: AppSettings, base: Path) -> AppSettings:
     if settings.face_remaster.restorer is not None:
         update["face_remaster"] = settings.face_remaster.model_copy(
             update={"restorer": fix(settings.face_remaster.restorer)})
+    if settings.auth is not None:
+        update["auth"] = settings.auth.resolved(base)
     if isinstance(settings.storage, LocalStoreSettings) and not settings.storage.root.is_absolute():
         update["storage"] = settings.storage.model_copy(update={"root": base / settings.storage.root})
     return settings.model_copy(update=update)

@@ -7,11 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.auth_fixtures import PROJECT_ID, signing_keys  # noqa: F401 (fixture)
 from tests.helpers import free_port
 
 
-def demo_args(root: Path, models: Path, **overrides) -> dict:
+def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overrides) -> dict:
     args = {
+        "auth": {"database_url": f"sqlite:///{root / 'ledger.sqlite3'}", "database_url_env": None,
+                 "app_check": {"project_id": PROJECT_ID, "jwks_url": jwks_url}},
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
         "colorizers": {
             "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
@@ -57,18 +60,46 @@ def serve_cluster():
     ray.shutdown()
 
 
+def create_key(args: dict, credits: int, **limits) -> str:
+    from auth.accounts import Accounts
+    from auth.db import make_engine
+
+    engine = make_engine(args["auth"]["database_url"])
+    try:
+        return Accounts(engine).create_key(credits=credits, **limits).key
+    finally:
+        engine.dispose()
+
+
+def balance(args: dict, key: str) -> int:
+    from auth.accounts import Accounts
+    from auth.db import make_engine
+    from auth.keys import parse_key
+
+    engine = make_engine(args["auth"]["database_url"])
+    try:
+        return Accounts(engine).get(parse_key(key).key_id).balance
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def service(serve_cluster, models_dir, tmp_path_factory) -> dict:
+def service(serve_cluster, models_dir, signing_keys, tmp_path_factory) -> dict:
     from ray import serve
 
     from deployments.app import build_app
 
     root = tmp_path_factory.mktemp("service")
-    serve.run(build_app(demo_args(root, models_dir)), name="colorize", route_prefix="/")
-    return {"url": serve_cluster, "storage": root / "storage", "models": models_dir}
+    args = demo_args(root, models_dir, jwks_url=signing_keys.jwks_url)
+    serve.run(build_app(args), name="colorize", route_prefix="/")
+    key = create_key(args, credits=100_000, rate_per_s=1000, burst=1000)
+    return {"url": serve_cluster, "storage": root / "storage", "models": models_dir, "args": args,
+            "api_key": key, "app_check": signing_keys.token()}
 
 
 @pytest.fixture()
 def client(service) -> httpx.Client:
-    with httpx.Client(base_url=service["url"], timeout=120) as http:
+    """Speaks for a paying key holder and an App Check-verified app: the happy path's credentials."""
+    headers = {"X-Api-Key": service["api_key"], "X-Firebase-AppCheck": service["app_check"]}
+    with httpx.Client(base_url=service["url"], timeout=120, headers=headers) as http:
         yield http

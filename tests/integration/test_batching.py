@@ -9,7 +9,6 @@ from ray import serve
 
 from deployments.model_settings import ModelRuntime, ModelSettings
 from tests.helpers import photo
-from tests.integration.conftest import demo_args
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +20,7 @@ def send_concurrently(handle, images, options):
 
 
 def reference_colorizer(service, name):
-    spec = ModelSettings.model_validate(demo_args(service["storage"], service["models"])["colorizers"][name])
+    spec = ModelSettings.model_validate(service["args"]["colorizers"][name])
     return spec.load_colorizer(ModelRuntime(cache_dir=service["storage"] / "cache"))
 
 

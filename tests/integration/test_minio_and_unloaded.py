@@ -11,7 +11,7 @@ import pytest
 from minio import Minio
 
 from tests.helpers import encode, photo
-from tests.integration.conftest import demo_args
+from tests.integration.conftest import create_key, demo_args
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ BUCKET = "colorize-it"
 
 
 @pytest.fixture(scope="module")
-def minio_app(serve_cluster, models_dir, moto_endpoint, tmp_path_factory):
+def minio_app(serve_cluster, models_dir, moto_endpoint, signing_keys, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_app
@@ -27,7 +27,7 @@ def minio_app(serve_cluster, models_dir, moto_endpoint, tmp_path_factory):
     # Replicas read MinIO credentials from their environment, set before Ray started workers.
     assert os.environ["MINIO_ACCESS_KEY"] and os.environ["MINIO_SECRET_KEY"]
     root = tmp_path_factory.mktemp("minio-app")
-    args = demo_args(root, models_dir, storage={
+    args = demo_args(root, models_dir, jwks_url=signing_keys.jwks_url, storage={
         "backend": "minio", "endpoint": moto_endpoint, "secure": False, "bucket": BUCKET,
         "url_expiry_seconds": 600})
     args["colorizers"]["large"]["source"] = str(root / "no-such-model")
@@ -41,22 +41,24 @@ def minio_app(serve_cluster, models_dir, moto_endpoint, tmp_path_factory):
     args["colorizers"]["tiny"] = {"architecture": "ddcolor", "source": "s3://models/ddcolor-tiny"}
     args["model_store"] = {"endpoint": moto_endpoint, "secure": False}
     serve.run(build_app(args), name="minio", route_prefix="/minio")
-    with httpx.Client(base_url=f"{serve_cluster}/minio", timeout=120) as client:
+    headers = {"X-Api-Key": create_key(args, credits=100), "X-Firebase-AppCheck": signing_keys.token()}
+    with httpx.Client(base_url=f"{serve_cluster}/minio", timeout=120, headers=headers) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def empty_app(serve_cluster, models_dir, tmp_path_factory):
+def empty_app(serve_cluster, models_dir, signing_keys, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_app
 
     root = tmp_path_factory.mktemp("empty-app")
-    args = demo_args(root, models_dir)
+    args = demo_args(root, models_dir, jwks_url=signing_keys.jwks_url)
     for name in ("large", "tiny"):
         args["colorizers"][name]["source"] = str(root / "missing" / name)
     serve.run(build_app(args), name="empty", route_prefix="/empty")
-    with httpx.Client(base_url=f"{serve_cluster}/empty", timeout=120) as client:
+    headers = {"X-Firebase-AppCheck": signing_keys.token()}
+    with httpx.Client(base_url=f"{serve_cluster}/empty", timeout=120, headers=headers) as client:
         yield client
 
 

@@ -27,7 +27,7 @@ def test_seed_curl_command(service, tmp_path):
     source = tmp_path / "file.jpg"
     source.write_bytes(encode(photo(300, 170)))
     out = subprocess.run(
-        ["curl", "-sS", "-X", "POST", "-H", "X-Api-Key: INSERT_YOUR_USER_API_KEY",
+        ["curl", "-sS", "-X", "POST", "-H", f"X-Api-Key: {service['api_key']}",
          "-F", f"image=@{source}", "-F", "model=large", f"{service['url']}/api/v1/colorize"],
         capture_output=True, text=True, timeout=120, check=True)
     body = json.loads(out.stdout)

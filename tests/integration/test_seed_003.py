@@ -29,7 +29,7 @@ def test_upload_then_public_file(service, tmp_path):
     image = tmp_path / "image.jpg"
     original = encode(photo(200, 100))
     image.write_bytes(original)
-    body = json.loads(curl("-X", "POST", f"{service['url']}/upload", "-H", "X-Firebase-AppCheck: YOUR_APP_CHECK_TOKEN",
+    body = json.loads(curl("-X", "POST", f"{service['url']}/upload", "-H", f"X-Firebase-AppCheck: {service['app_check']}",
                            "-F", f"file=@{image}").stdout)
     assert set(body) == {"success", "image_id", "image_url", "filename"} and body["success"] is True
     assert body["filename"] == f"{body['image_id']}.jpg"
@@ -43,14 +43,14 @@ def test_upload_then_public_file(service, tmp_path):
 def test_colorize_download_results(service, tmp_path):
     image = tmp_path / "grayscale_image.jpg"
     image.write_bytes(encode(photo(240, 135)))
-    body = json.loads(curl("-X", "POST", f"{service['url']}/colorize", "-H", "X-Firebase-AppCheck: YOUR_TOKEN",
+    body = json.loads(curl("-X", "POST", f"{service['url']}/colorize", "-H", f"X-Firebase-AppCheck: {service['app_check']}",
                            "-F", f"file=@{image}").stdout)
     assert set(body) == {"success", "result_id", "download_url", "api_download_url", "filename"}
     assert body["filename"] == f"{body['result_id']}.jpg"
     assert body["download_url"] == f"{service['url']}/results/{body['filename']}"
     assert body["api_download_url"] == f"{service['url']}/download/{body['result_id']}"
     target = tmp_path / "colorized_image.jpg"
-    curl("-X", "GET", body["api_download_url"], "-H", "X-Firebase-AppCheck: YOUR_APP_CHECK_TOKEN", "-o", str(target))
+    curl("-X", "GET", body["api_download_url"], "-H", f"X-Firebase-AppCheck: {service['app_check']}", "-o", str(target))
     downloaded = Image.open(target)
     assert downloaded.format == "JPEG" and downloaded.size == (240, 135)  # aspect ratio preserved
     public = curl(body["download_url"]).stdout

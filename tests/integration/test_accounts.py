@@ -1,0 +1,121 @@
+"""Seed 000's metering and seed 003's App Check against a running app with TWO ingress replicas:
+credits are exact under concurrency, failed jobs cost nothing, retries are charged once."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.helpers import encode, photo
+from tests.integration.conftest import balance, create_key, demo_args
+
+pytestmark = pytest.mark.integration
+
+JPEG = encode(photo(64, 48))
+
+
+def poison_vae(large: Path) -> None:
+    """A real stage failure: NaN weights make the text-guided colorizer refuse its output."""
+    weights = large / "base" / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state = {k: torch.full_like(v, float("nan")) if k.startswith("decoder.conv_out") else v for k, v in state.items()}
+    save_file(state, weights)
+
+
+@pytest.fixture(scope="module")
+def metered(serve_cluster, models_dir, signing_keys, tmp_path_factory):
+    from ray import serve
+
+    from deployments.app import build_graph
+    from deployments.settings import load_settings
+
+    root = tmp_path_factory.mktemp("metered")
+    shutil.copytree(models_dir / "large", root / "broken-large")
+    poison_vae(root / "broken-large")
+    args = demo_args(root, models_dir, jwks_url=signing_keys.jwks_url)
+    args["colorizers"]["large"]["source"] = str(root / "broken-large" / "base")
+    args["colorizers"]["large"]["diffusion"]["controlnet"]["source"] = str(root / "broken-large" / "controlnet")
+    options = {"Ingress": {"num_replicas": 2}, "ColorizerTiny": {"max_ongoing_requests": 64}}
+    serve.run(build_graph(load_settings(args), options), name="metered", route_prefix="/metered")
+    return {"url": f"{serve_cluster}/metered", "args": args, "storage": root / "storage"}
+
+
+def post(metered, key: str | None, *, headers: dict | None = None, **form) -> httpx.Response:
+    headers = {**({"X-Api-Key": key} if key else {}), **(headers or {})}
+    data = {"model": "tiny", **form}
+    return httpx.post(f"{metered['url']}/api/v1/colorize", files={"image": ("a.jpg", JPEG)}, data=data,
+                      headers=headers, timeout=120)
+
+
+def test_concurrent_requests_charge_exactly(metered):
+    key = create_key(metered["args"], credits=15, rate_per_s=1000, burst=1000)
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(
+                client.post(f"{metered['url']}/api/v1/colorize", files={"image": ("a.jpg", JPEG)},
+                            data={"model": "tiny"}, headers={"X-Api-Key": key}) for _ in range(40)))
+
+    statuses = sorted(response.status_code for response in asyncio.run(burst()))
+    assert statuses.count(200) == 15 and statuses.count(403) == 25, statuses
+    assert balance(metered["args"], key) == 0
+
+
+def test_failed_job_costs_nothing(metered):
+    key = create_key(metered["args"], credits=5, rate_per_s=1000, burst=1000)
+    response = post(metered, key, model="large")
+    assert response.status_code == 502 and "colorization failed" in response.json()["detail"]
+    assert balance(metered["args"], key) == 5
+    assert post(metered, key, clean_scratches="true").status_code == 200
+    assert balance(metered["args"], key) == 3  # 1 + 1 for scratch repair
+
+
+def test_idempotent_retry_is_charged_once(metered):
+    key = create_key(metered["args"], credits=10, rate_per_s=1000, burst=1000)
+    first = post(metered, key, headers={"Idempotency-Key": "order-17"}, face_remaster="true")
+    again = post(metered, key, headers={"Idempotency-Key": "order-17"}, face_remaster="true")
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert balance(metered["args"], key) == 7  # 1 + 2 for face remaster, once
+    conflict = post(metered, key, headers={"Idempotency-Key": "order-17"})  # a different request
+    assert conflict.status_code == 409 and conflict.json()["detail"]
+
+
+def test_key_errors(metered):
+    assert post(metered, None).status_code == 401
+    assert post(metered, "ck_live_0123456789ab_" + "x" * 43).status_code == 401
+    assert post(metered, "not-a-key").status_code == 401
+    broke = create_key(metered["args"], credits=0)
+    before = sum(1 for p in metered["storage"].rglob("*") if p.is_file())
+    response = post(metered, broke)
+    assert response.status_code == 403 and response.json()["detail"]
+    assert sum(1 for p in metered["storage"].rglob("*") if p.is_file()) == before  # refused before any work
+
+
+def test_rate_limit(metered):
+    key = create_key(metered["args"], credits=10, rate_per_s=0.01, burst=1)
+    assert post(metered, key).status_code == 200
+    limited = post(metered, key)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert balance(metered["args"], key) == 9
+
+
+def test_app_check(metered, signing_keys):
+    url = f"{metered['url']}/colorize"
+    files = {"file": ("a.jpg", JPEG)}
+    assert httpx.post(url, files=files, data={"model": "tiny"}, timeout=60).status_code == 401
+    for token in ("garbage", signing_keys.token(exp=1), signing_keys.token(drop=("exp",)),
+                  signing_keys.token(aud=["projects/someone-else"])):
+        response = httpx.post(url, files=files, headers={"X-Firebase-AppCheck": token}, timeout=60)
+        assert response.status_code == 401 and "App Check" in response.json()["detail"]
+    good = httpx.post(url, files=files, data={"model": "tiny"},
+                      headers={"X-Firebase-AppCheck": signing_keys.token()}, timeout=60)
+    assert good.status_code == 200, good.text
+    # Public routes need no token.
+    assert httpx.get(good.json()["download_url"], timeout=60).status_code == 200
+    assert httpx.get(f"{metered['url']}/health", timeout=60).status_code == 200
+    assert httpx.get(good.json()["api_download_url"], timeout=60).status_code == 401
