@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.auth_fixtures import PROJECT_ID, signing_keys  # noqa: F401 (fixture)
+from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
 
 

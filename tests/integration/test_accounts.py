@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 from pathlib import Path
 
 import httpx
@@ -27,22 +28,36 @@ def poison_vae(large: Path) -> None:
     save_file(state, weights)
 
 
-@pytest.fixture(scope="module")
-def metered(serve_cluster, models_dir, signing_keys, tmp_path_factory):
+def new_postgres_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"metered_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def metered(request, serve_cluster, models_dir, signing_keys, tmp_path_factory):
+    """The same app on each ledger database; its replicas share the ledger as a cluster would."""
     from ray import serve
 
     from deployments.app import build_graph
     from deployments.settings import load_settings
 
-    root = tmp_path_factory.mktemp("metered")
+    root = tmp_path_factory.mktemp(f"metered-{request.param}")
     shutil.copytree(models_dir / "large", root / "broken-large")
     poison_vae(root / "broken-large")
     args = demo_args(root, models_dir, jwks_url=signing_keys.jwks_url)
     args["colorizers"]["large"]["source"] = str(root / "broken-large" / "base")
     args["colorizers"]["large"]["diffusion"]["controlnet"]["source"] = str(root / "broken-large" / "controlnet")
+    if request.param == "postgresql":
+        args["auth"]["database_url"] = new_postgres_database(request.getfixturevalue("postgres_server"))
     options = {"Ingress": {"num_replicas": 2}, "ColorizerTiny": {"max_ongoing_requests": 64}}
-    serve.run(build_graph(load_settings(args), options), name="metered", route_prefix="/metered")
-    return {"url": f"{serve_cluster}/metered", "args": args, "storage": root / "storage"}
+    name = f"metered-{request.param}"
+    serve.run(build_graph(load_settings(args), options), name=name, route_prefix=f"/{name}")
+    yield {"url": f"{serve_cluster}/{name}", "args": args, "storage": root / "storage"}
+    serve.delete(name)
 
 
 def post(metered, key: str | None, *, headers: dict | None = None, **form) -> httpx.Response:
