@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from functools import partial
@@ -33,7 +32,6 @@ log = logging.getLogger("ray.serve")
 
 MODELS = ("large", "tiny")
 KEY_API, APP_CHECK_API = "v1", "app"  # the two surfaces map internal failures differently
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RETRY_AFTER_S = "2"
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 V1_FIELDS = ("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS)
@@ -41,8 +39,7 @@ V1_FIELDS = ("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIE
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class Ingress:
-    def __init__(self, settings: dict[str, Any], scratch_repair, large, tiny, face_remaster,
-                 access: Access | None = None):
+    def __init__(self, settings: dict[str, Any], scratch_repair, large, tiny, face_remaster):
         self.settings = AppSettings.model_validate(settings)
         self.store = make_store(self.settings.storage)
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
@@ -50,7 +47,7 @@ class Ingress:
                             "face_remaster": face_remaster}, timeout_s=self.settings.limits.request_timeout_s)
         # The one place access control plugs in. Built here, in the replica: it holds a database
         # engine and a Firebase app, which do not travel between processes.
-        self.access = access or (PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess())
+        self.access: Access = PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess()
         if self.settings.auth is None:
             log.warning("no `auth:` configured: every route is open and nothing is charged")
         self.routes = [
@@ -129,20 +126,15 @@ class Ingress:
 
     async def download(self, request: Request, result_id: str) -> Response:
         async with self.access.admit(JobRequest("GET /download"), request.headers):
-            if _UUID.match(result_id):
-                for extension in ("jpg", "png"):
-                    found = await self._get("results", f"{result_id}.{extension}")
-                    if found is not None:
-                        return Response(found.data, media_type=found.content_type, headers={
-                            "Content-Disposition": f'attachment; filename="{result_id}.{extension}"'})
+            for extension in ("jpg", "png"):  # seed 003 results are JPEG, seed 000's PNG
+                found = await self._stored("results", f"{result_id}.{extension}")
+                if found is not None:
+                    return Response(found.data, media_type=found.content_type, headers={
+                        "Content-Disposition": f'attachment; filename="{result_id}.{extension}"'})
         raise ApiError(404, "Result not found")
 
     async def public_file(self, kind: str, request: Request, filename: str) -> Response:
-        try:
-            validate_object_name(filename)
-        except InvalidObjectName:
-            raise ApiError(404, "File not found") from None
-        found = await self._get(kind, filename)
+        found = await self._stored(kind, filename)
         if found is None:
             raise ApiError(404, "File not found")
         return Response(found.data, media_type=found.content_type,
@@ -223,7 +215,12 @@ class Ingress:
             log.error("storing %s/%s failed: %s", kind, name, exc)
             raise _internal_error(surface, "could not store the image; retry later") from None
 
-    async def _get(self, kind: str, name: str):
+    async def _stored(self, kind: str, name: str):
+        """The stored object, or None when missing, expired, or not a name we could have issued."""
+        try:
+            validate_object_name(name)
+        except InvalidObjectName:
+            return None
         try:
             return await asyncio.to_thread(self.store.get, kind, name)
         except StorageError as exc:
