@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .lab import lightness, merge_lightness_ab, model_lightness
+from .lab import AB_MAX, AB_MIN, lightness, merge_lightness_ab, model_lightness
+from .lab_torch import lab_to_rgb, rgb_lightness
 
 
 class Colorizer:
@@ -36,8 +38,31 @@ class Colorizer:
         """``options`` (prompt, seed) only steer text-guided models; a feed-forward model has none."""
         if not images:
             return []
+        if self.device.type != "cpu":
+            return self._colorize_on_device(images)
         ab = self.predict_ab(images)
         return [merge_lightness_ab(lightness(image), ab[i]) for i, image in enumerate(images)]
+
+    @torch.inference_mode()
+    def _colorize_on_device(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The same steps in torch on the accelerator: on a GPU the host-side OpenCV resizes and
+        Lab conversions of large photos cost more than the network itself."""
+        size = self.input_size
+        photos = [torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+                  for image in images]
+        smalls = [F.interpolate(photo, size=(size, size), mode="area") if min(photo.shape[-2:]) >= size
+                  else F.interpolate(photo, size=(size, size), mode="bicubic", align_corners=False)
+                  for photo in photos]
+        small_lightness = rgb_lightness(torch.cat(smalls))
+        ab = torch.cat([self.model.predict_ab(small_lightness[start:start + self.max_forward_batch].to(self.dtype))
+                        for start in range(0, len(images), self.max_forward_batch)]).float()
+        outputs = []
+        for index, photo in enumerate(photos):
+            full_ab = F.interpolate(ab[index:index + 1], size=photo.shape[-2:], mode="bilinear", align_corners=False)
+            lab = torch.cat([rgb_lightness(photo), full_ab.clamp(AB_MIN, AB_MAX)], dim=1)
+            rgb = (lab_to_rgb(lab) * 255.0).round().clamp(0, 255).to(torch.uint8)
+            outputs.append(rgb[0].permute(1, 2, 0).contiguous())
+        return [output.cpu().numpy() for output in outputs]
 
     def colorize(self, image: np.ndarray) -> np.ndarray:
         return self.colorize_batch([image])[0]

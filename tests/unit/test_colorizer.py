@@ -31,3 +31,17 @@ def test_batch_equals_singles_across_forward_chunks():
     for image, result in zip(images, batched):
         np.testing.assert_array_equal(result, colorizer.colorize(image))
     assert colorizer.colorize_batch([]) == []
+
+
+def test_device_path_matches_opencv_path():
+    """The accelerator path (here forced on the CPU) computes what the OpenCV path computes,
+    within interpolation and rounding differences."""
+    colorizer = make()
+    images = [photo(300, 170), photo(40, 90, seed=1)]
+    reference = colorizer.colorize_batch(images)
+    device_results = colorizer._colorize_on_device(images)
+    for expected, result in zip(reference, device_results):
+        assert result.shape == expected.shape and result.dtype == np.uint8
+        difference = np.abs(result.astype(int) - expected.astype(int))
+        assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 4
+    np.testing.assert_allclose(lightness(device_results[0]), lightness(images[0]), atol=2.5)
