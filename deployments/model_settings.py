@@ -84,6 +84,9 @@ class ModelSettings(SourceRef):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     diffusion: DiffusionSettings | None = None  # required for architecture controlnet-diffusion
+    # Ray shares a GPU between fractional replicas but does not isolate its memory: each replica
+    # caps its own PyTorch allocator (e.g. 0.45 next to another replica on the same GPU).
+    max_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
 
     @field_validator("architecture")
     @classmethod
@@ -112,6 +115,9 @@ class ModelSettings(SourceRef):
         from pipeline.device import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
+        if device.type == "cuda" and self.max_gpu_memory_fraction is not None:
+            import torch
+            torch.cuda.set_per_process_memory_fraction(self.max_gpu_memory_fraction, device)
         return device, resolve_dtype(self.dtype, device)
 
     def load_module(self, runtime: ModelRuntime):

@@ -1,0 +1,197 @@
+"""Async HTTP load generator for the colorize API, loopback only.
+
+    python -m bench.load http://127.0.0.1:8000 --concurrency 16 --requests 200
+    python -m bench.load http://127.0.0.1:8000 --rate 120 --seconds 20      # open loop
+
+Closed loop: C clients, each sends its next request when the last one answered (what a
+batch job does). Open loop: requests start at a fixed offered rate (Poisson arrivals,
+seeded) whatever the server does (what the internet does); their latency counts from the
+*scheduled* start, so a client that falls behind cannot hide queueing (coordinated
+omission). Bodies are pre-encoded multipart POSTs to /api/v1/colorize with model=tiny.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from .photos import load_photos, multipart_body
+
+ROUTE = "/api/v1/colorize"
+MAX_SECONDS = 600        # every run stops by itself
+MAX_REQUESTS = 100_000
+NOT_SENT = -1            # open loop: dropped by the client because too many were outstanding
+TRANSPORT_ERROR = 0      # no HTTP status: connection refused/reset, client timeout
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    bodies: tuple[tuple[bytes, str], ...]   # (multipart body, content type), sent round-robin
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        host = urlsplit(self.base_url).hostname or ""
+        loopback = host == "localhost" or _is_loopback_ip(host)
+        if not loopback:
+            raise ValueError(f"load is only sent to loopback servers, not {host!r}")
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + ROUTE
+
+
+def colorize_target(base_url: str, *, api_key: str | None = None, size: int = 512, **options) -> Target:
+    bodies = tuple(multipart_body(photo, {"model": "tiny"}) for photo in load_photos(size))
+    return Target(base_url, bodies, {"X-Api-Key": api_key} if api_key else {}, **options)
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent_at: float      # s since the run started (open loop: the scheduled time)
+    latency_s: float
+    status: int         # HTTP status, TRANSPORT_ERROR or NOT_SENT
+
+
+@dataclass
+class RunResult:
+    samples: list[Sample]
+    wall_s: float
+    client_cpu_s: float                 # this process's CPU while the run lasted (the client shares the cores)
+    offered_rps: float | None = None    # open loop only
+    errors: Counter = field(default_factory=Counter)
+
+    def ok_latencies(self) -> np.ndarray:
+        return np.array([s.latency_s for s in self.samples if 200 <= s.status < 300])
+
+    def summary(self) -> dict:
+        ok = self.ok_latencies()
+        pct = (lambda q: float(np.percentile(ok, q)) * 1000) if len(ok) else (lambda q: float("nan"))
+        return {"requests": len(self.samples), "ok": int(len(ok)), "wall_s": round(self.wall_s, 2),
+                "throughput_rps": len(ok) / self.wall_s if self.wall_s else 0.0,
+                "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+                "statuses": dict(sorted(Counter(s.status for s in self.samples).items())),
+                "client_cpu_ms_per_request": 1000 * self.client_cpu_s / max(len(self.samples), 1),
+                **({"offered_rps": self.offered_rps} if self.offered_rps is not None else {}),
+                **({"errors": dict(self.errors)} if self.errors else {})}
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _client(target: Target, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(timeout=httpx.Timeout(target.timeout_s, connect=10), limits=limits, trust_env=False)
+
+
+async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: Counter) -> int:
+    body, content_type = target.bodies[index % len(target.bodies)]
+    try:
+        response = await client.post(target.url, content=body,
+                                     headers={**target.headers, "Content-Type": content_type})
+        await response.aread()
+        return response.status_code
+    except httpx.HTTPError as exc:
+        errors[type(exc).__name__] += 1
+        return TRANSPORT_ERROR
+
+
+async def closed_loop(target: Target, concurrency: int, *, requests: int | None = None,
+                      seconds: float | None = None, warmup: int = 0) -> RunResult:
+    """``concurrency`` clients back to back until ``requests`` are done or ``seconds`` have passed."""
+    requests = min(requests or MAX_REQUESTS, MAX_REQUESTS)
+    seconds = min(seconds or MAX_SECONDS, MAX_SECONDS)
+    errors: Counter = Counter()
+    async with _client(target, concurrency) as client:
+        await asyncio.gather(*(_send(client, target, i, errors) for i in range(warmup)))  # connections, caches
+        errors.clear()
+        samples: list[Sample] = []
+        issued = 0
+        started, cpu_started = time.perf_counter(), time.process_time()
+        deadline = started + seconds
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < requests and time.perf_counter() < deadline:
+                index, issued = issued, issued + 1
+                sent = time.perf_counter()
+                status = await _send(client, target, index, errors)
+                samples.append(Sample(sent - started, time.perf_counter() - sent, status))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return RunResult(samples, wall, time.process_time() - cpu_started, errors=errors)
+
+
+async def open_loop(target: Target, rate_per_s: float, seconds: float, *, max_outstanding: int = 512,
+                    seed: int = 0) -> RunResult:
+    """Poisson arrivals at ``rate_per_s`` for ``seconds``; at most ``max_outstanding`` in flight."""
+    seconds = min(seconds, MAX_SECONDS)
+    rng = random.Random(seed)
+    errors: Counter = Counter()
+    samples: list[Sample] = []
+    tasks: set[asyncio.Task] = set()
+    async with _client(target, max_outstanding) as client:
+
+        async def one(index: int, scheduled: float) -> None:
+            status = await _send(client, target, index, errors)
+            samples.append(Sample(scheduled - started, time.perf_counter() - scheduled, status))
+
+        started, cpu_started = time.perf_counter(), time.process_time()
+        scheduled, index = started, 0
+        while True:
+            scheduled += rng.expovariate(rate_per_s)
+            if scheduled - started >= seconds:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_outstanding:
+                samples.append(Sample(scheduled - started, 0.0, NOT_SENT))
+            else:
+                task = asyncio.create_task(one(index, scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            index += 1
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=target.timeout_s + 5)
+        wall = time.perf_counter() - started
+    return RunResult(samples, wall, time.process_time() - cpu_started, offered_rps=index / seconds, errors=errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base_url", help="e.g. http://127.0.0.1:8000 (loopback only)")
+    parser.add_argument("--api-key", help="X-Api-Key header, when auth is on")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--seconds", type=float, help="closed loop: stop after this long; open loop: duration")
+    parser.add_argument("--rate", type=float, help="open loop at this many requests/s")
+    parser.add_argument("--warmup", type=int, default=16)
+    args = parser.parse_args(argv)
+    target = colorize_target(args.base_url, api_key=args.api_key)
+    if args.rate:
+        result = asyncio.run(open_loop(target, args.rate, args.seconds or 10))
+    else:
+        result = asyncio.run(closed_loop(target, args.concurrency, requests=args.requests, seconds=args.seconds,
+                                         warmup=args.warmup))
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

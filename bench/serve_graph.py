@@ -1,0 +1,152 @@
+"""The real deployment graph on loopback for benchmarks: start, redeploy with options, inspect.
+
+Same builder as production (``deployments.app.build_graph``), demo models, auth off (no
+``auth`` in args), local storage in a temp dir, access logs off.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+APP = "colorize"
+STAGES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRemaster")
+
+
+def bench_args(models: Path, storage: Path) -> dict[str, Any]:
+    """Application args: the demo profile's models, no auth (nothing charged, no ledger I/O)."""
+    return {
+        "storage": {"backend": "local", "root": str(storage), "retention_seconds": 3600},
+        "colorizers": {
+            "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
+                      "diffusion": {"controlnet": {"source": str(models / "large" / "controlnet")},
+                                    "captioner": {"source": str(models / "captioner")},
+                                    "steps": 2, "resolution": 64}},
+            "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
+        },
+        "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
+        "scratch_repair": {"inpainter": {"architecture": "lama", "source": str(models / "lama")}},
+        "model_cache_dir": str(storage.parent / "model-cache"),
+    }
+
+
+def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, colorizer_threads: int = 2,
+                  ingress_max_ongoing: int = 64, ingress_max_queued: int = -1,
+                  colorizer_max_ongoing: int = 32) -> dict[str, dict[str, Any]]:
+    """Per-deployment options, as serve_config.yaml's `deployments:` would set them."""
+    quiet = {"logging_config": {"enable_access_log": False}}
+    # Ray pins OMP_NUM_THREADS to floor(num_cpus) >= 1 in each replica, so a 0.25-CPU colorizer gets one
+    # torch thread. The bench gives it as many as the bare in-process run has, for a like-for-like ratio.
+    threads = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(colorizer_threads)}}} if colorizer_threads else {}
+    options = {name: {"ray_actor_options": {"num_cpus": 0.25}, **quiet} for name in STAGES}
+    options["Ingress"].update(max_ongoing_requests=ingress_max_ongoing, max_queued_requests=ingress_max_queued)
+    options["ColorizerTiny"].update(
+        max_ongoing_requests=max(colorizer_max_ongoing, max_batch_size),
+        ray_actor_options={"num_cpus": 0.25, **threads},
+        user_config={"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s})
+    return options
+
+
+class ServeGraph:
+    """One Ray cluster + Serve on 127.0.0.1:``port``; ``deploy`` (re)deploys the app with options."""
+
+    def __init__(self, models: Path, workdir: Path, port: int, system_config: dict[str, Any] | None = None):
+        self.models, self.workdir, self.port = models, workdir, port
+        self.system_config = system_config or {}
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> ServeGraph:
+        import ray
+        from ray import serve
+
+        # Lying about CPUs only affects scheduling; replicas ask for fractions anyway.
+        ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, namespace="bench", _system_config=self.system_config)
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port, "request_timeout_s": 120},
+                    logging_config={"enable_access_log": False})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+    def deploy(self, options: dict[str, dict[str, Any]]) -> float:
+        """Deploy (or update) the app and wait until it answers; returns seconds taken."""
+        from ray import serve
+
+        from deployments.app import build_graph
+        from deployments.settings import load_settings
+
+        started = time.perf_counter()
+        settings = load_settings(bench_args(self.models, self.workdir / "storage"))
+        serve.run(build_graph(settings, options), name=APP, route_prefix="/",
+                  logging_config={"enable_access_log": False})
+        return time.perf_counter() - started
+
+    def stage_status(self, deployment: str = "ColorizerTiny") -> dict[str, Any]:
+        from ray import serve
+
+        return serve.get_deployment_handle(deployment, APP).status.remote().result(timeout_s=30)
+
+    def batch_sizes(self, deployment: str = "ColorizerTiny") -> dict[int, int]:
+        return {int(size): n for size, n in self.stage_status(deployment).get("batch_sizes", {}).items()}
+
+    def processes(self) -> dict[str, int]:
+        """{"Ingress#abc": pid, ..., "proxy": pid, "controller": pid} for this cluster's Serve actors."""
+        from ray._private import state  # the GCS actor table; the public state API needs the dashboard
+
+        found = {}
+        for actor in state.actors().values():
+            if actor["State"] != "ALIVE" or not actor["Pid"]:
+                continue
+            name, cls = actor["Name"], actor["ActorClassName"]
+            if name.startswith("SERVE_REPLICA::"):
+                found[name.split("#", 1)[1]] = actor["Pid"]
+            elif "Proxy" in cls:
+                found["proxy"] = actor["Pid"]
+            elif "Controller" in cls:
+                found["controller"] = actor["Pid"]
+        return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size from /proc (Linux), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise ProcessLookupError(pid)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_ray_env() -> None:
+    # No usage-stats reporting attempts and no dashboard from a benchmark.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def process_groups(graph: ServeGraph) -> dict[str, list[int]]:
+    """Processes to meter: each Serve actor, the other (idle) stages, Ray's daemons, this client."""
+    from .profile import descendants
+
+    actors = graph.processes()
+    groups: dict[str, list[int]] = {"client (load generator + driver)": [os.getpid()]}
+    for name, pid in actors.items():
+        stage = name.split("#")[0]
+        key = stage if stage in ("Ingress", "ColorizerTiny", "proxy", "controller") else "idle stages"
+        groups.setdefault(key, []).append(pid)
+    groups["Ray daemons (raylet, GCS, ...)"] = [pid for pid in descendants(os.getpid())
+                                                if pid not in set(actors.values())]
+    return groups

@@ -1,0 +1,1 @@
+"""Deployment tooling: cluster manifests generated from serve_config.yaml (see README "Deploy")."""
