@@ -96,6 +96,10 @@ class StyleGAN2GeneratorCSFT(StyleGAN2GeneratorClean):
         out_same, out_sft = torch.split(out, int(out.size(1) // 2), dim=1)
         return torch.cat([out_same, out_sft * scale + shift], dim=1)
 
+    def condition(self, out: torch.Tensor, conditions: list[torch.Tensor], level: int) -> torch.Tensor:
+        # conditions = [scale0, shift0, scale1, shift1, ...]; may cover fewer levels than the decoder has
+        return self.apply_sft(out, conditions[level - 1], conditions[level]) if level < len(conditions) else out
+
     def forward(  # type: ignore[override]
         self,
         styles: list[torch.Tensor],
@@ -107,22 +111,8 @@ class StyleGAN2GeneratorCSFT(StyleGAN2GeneratorClean):
         truncation_latent: torch.Tensor | None = None,
         return_latents: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        latent = self.resolve_latent(styles, input_is_latent, truncation, truncation_latent)
-        noises = self.noise_list(noise, randomize_noise)
-        out = self.constant_input(latent.shape[0])
-        out = self.style_conv1(out, latent[:, 0], noise=noises[0])
-        skip = self.to_rgb1(out, latent[:, 1])
-        i = 1
-        for conv1, conv2, noise1, noise2, to_rgb in zip(
-            self.style_convs[::2], self.style_convs[1::2], noises[1::2], noises[2::2], self.to_rgbs
-        ):
-            out = conv1(out, latent[:, i], noise=noise1)
-            if i < len(conditions):  # conditions = [scale0, shift0, scale1, shift1, ...]; may cover fewer levels
-                out = self.apply_sft(out, conditions[i - 1], conditions[i])
-            out = conv2(out, latent[:, i + 1], noise=noise2)
-            skip = to_rgb(out, latent[:, i + 2], skip)
-            i += 2
-        return skip, (latent if return_latents else None)
+        return self.synthesize(styles, conditions, input_is_latent, noise, randomize_noise, truncation,
+                               truncation_latent, return_latents)
 
 
 class ResBlock(nn.Module):

@@ -242,6 +242,17 @@ class StyleGAN2GeneratorClean(nn.Module):
         truncation_latent: torch.Tensor | None = None,
         return_latents: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.synthesize(styles, [], input_is_latent, noise, randomize_noise, truncation,
+                               truncation_latent, return_latents)
+
+    def condition(self, out: torch.Tensor, conditions: list[torch.Tensor], level: int) -> torch.Tensor:
+        """Hook after each level's first conv: plain StyleGAN2 has none (GFPGAN's SFT does)."""
+        return out
+
+    def synthesize(self, styles: list[torch.Tensor], conditions: list[torch.Tensor], input_is_latent: bool,
+                   noise: list[torch.Tensor] | None, randomize_noise: bool, truncation: float,
+                   truncation_latent: torch.Tensor | None, return_latents: bool,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         latent = self.resolve_latent(styles, input_is_latent, truncation, truncation_latent)
         noises = self.noise_list(noise, randomize_noise)
         out = self.constant_input(latent.shape[0])
@@ -251,7 +262,7 @@ class StyleGAN2GeneratorClean(nn.Module):
         for conv1, conv2, noise1, noise2, to_rgb in zip(
             self.style_convs[::2], self.style_convs[1::2], noises[1::2], noises[2::2], self.to_rgbs
         ):
-            out = conv1(out, latent[:, i], noise=noise1)
+            out = self.condition(conv1(out, latent[:, i], noise=noise1), conditions, i)
             out = conv2(out, latent[:, i + 1], noise=noise2)
             skip = to_rgb(out, latent[:, i + 2], skip)
             i += 2
