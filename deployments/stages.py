@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
@@ -49,6 +50,7 @@ class _Stage:
     def status(self) -> dict[str, Any]:
         return {"loaded": self._impl is not None, **self._describe,
                 "batch_sizes": {str(size): n for size, n in sorted(self._batch_sizes.items())},
+                "node_id": ray.get_runtime_context().get_node_id(),
                 **({"error": self._error} if self._error else {})}
 
     def _require(self):
