@@ -1,6 +1,7 @@
 # make demo  - install (once) and serve tiny locally built models, offline, on 127.0.0.1:8000
 # make test  - install (once) and run the test suite
 # make serve - the same service with the published weights of serve_config.yaml
+# make bench - graph vs bare model vs a FastAPI peer, overload, memory, profile (~8 min, loopback only)
 PYTHON ?= python3
 VENV   ?= .venv
 HOST   ?= 127.0.0.1
@@ -33,6 +34,12 @@ check-config: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	@# The bench extra (FastAPI peer, py-spy) only when missing: editable reinstalls take a while.
+	$(BIN)/python -c 'import fastapi' 2>/dev/null && test -x $(BIN)/py-spy || \
+		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf .run .models/demo data/storage

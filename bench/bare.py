@@ -13,6 +13,7 @@ from pipeline.images import decode_image, encode_image
 from storage import LocalStore, new_object_name
 
 from .photos import Photo
+from .profile import machine_busy_s
 
 MAX_PIXELS = 50_000_000
 
@@ -33,7 +34,8 @@ def process_batch(colorizer, store: LocalStore, uploads: list[bytes]) -> None:
 
 def bare_throughput(models: Path, storage: Path, photos: list[Photo], batch_sizes=(1, 2, 4, 8),
                     images_per_size: int = 48) -> dict[int, dict[str, float]]:
-    """{batch size: {"rps", "ms_per_image"}}, measured one after the other in this process."""
+    """{batch size: {"rps", "ms_per_image", "cpu_ms_per_image", "foreign_cores"}}, one size after the other,
+    in this process; foreign_cores: what other processes used of the machine meanwhile."""
     import torch
 
     torch.set_grad_enabled(False)
@@ -43,9 +45,11 @@ def bare_throughput(models: Path, storage: Path, photos: list[Photo], batch_size
     for batch in batch_sizes:
         uploads = [photos[i % len(photos)].data for i in range(max(images_per_size // batch, 2) * batch)]
         process_batch(colorizer, store, uploads[:batch])  # warm-up: allocator, kernels for this shape
-        started = time.perf_counter()
+        started, cpu_started, machine_started = time.perf_counter(), time.process_time(), machine_busy_s()
         for start in range(0, len(uploads), batch):
             process_batch(colorizer, store, uploads[start:start + batch])
-        seconds = time.perf_counter() - started
-        results[batch] = {"rps": len(uploads) / seconds, "ms_per_image": 1000 * seconds / len(uploads)}
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        others = max(machine_busy_s() - machine_started - cpu, 0.0)
+        results[batch] = {"rps": len(uploads) / seconds, "ms_per_image": 1000 * seconds / len(uploads),
+                          "cpu_ms_per_image": 1000 * cpu / len(uploads), "foreign_cores": others / seconds}
     return results

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
+
+import httpx
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 
@@ -50,6 +55,43 @@ def make_app(models: Path, storage: Path, base_url: str) -> FastAPI:
         return {"outputUrl": f"{base_url}/results/{filename}"}
 
     return app
+
+
+class PeerProcess:
+    """The peer in a subprocess on 127.0.0.1:``port``, ready (health answers) inside the ``with``."""
+
+    def __init__(self, models: Path, storage: Path, port: int, max_seconds: float = 900):
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = [sys.executable, "-m", "bench.peer_fastapi", "--models", str(models), "--storage", str(storage),
+                        "--port", str(port), "--max-seconds", str(max_seconds)]
+
+    def __enter__(self) -> PeerProcess:
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen(self.command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the FastAPI peer exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2, trust_env=False).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise TimeoutError("the FastAPI peer did not answer /health within 120 s")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

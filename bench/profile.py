@@ -14,18 +14,36 @@ from pathlib import Path
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
-# Substrings of "function (file:line)" frames, to say which part of the work a sample is in.
-CATEGORIES = {
-    "multipart parse (read_form)": ("read_form (",),
-    "decode (decode_image)": ("decode_image (",),
-    "PNG encode (encode_image)": ("encode_image (",),
-    "store write (LocalStore.put)": ("storage/local.py",),
-    "model forward (predict_ab)": ("predict_ab (",),
-    "Lab merge (merge_lightness_ab)": ("merge_lightness_ab (",),
-    "Ray (de)serialization": ("serialization.py", "cloudpickle", "pickle5"),
-    "Serve proxy/router/replica code": ("ray/serve/",),
-    "uvicorn/starlette HTTP": ("uvicorn/", "starlette/", "h11/", "httptools"),
-}
+# Each sample goes to the category of its innermost frame that matches one (leaf-only ones look at
+# the leaf alone). Needles are substrings of py-spy's "function (file:line)" frames.
+CATEGORIES: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("multipart parse (read_form)", False, ("read_form (",)),
+    ("decode (decode_image)", False, ("decode_image (",)),
+    ("PNG encode (encode_image)", False, ("encode_image (",)),
+    ("store write (LocalStore.put)", False, ("storage/local.py",)),
+    # Innermost first: lightness() inside predict_ab (the model's input L) counts as Lab, not forward.
+    ("Lab conversions (lightness x2, merge)", False, ("merge_lightness_ab (", "lightness (")),
+    ("model forward (rest of predict_ab)", False, ("predict_ab (",)),
+    ("Ray (de)serialization", False, ("serialization.py", "cloudpickle", "pickle5")),
+    ("HTTP (uvicorn/starlette/h11)", False, ("uvicorn/", "starlette/", "h11/", "httptools")),
+    # With --nonblocking, py-spy cannot see native frames, and a thread waiting in C (epoll, condition
+    # variables: Ray's core worker, gRPC, Serve's extra event loops) looks busy. Checked with --native:
+    # these leaves were ~90% epoll_wait/pthread_cond_wait. They are left out of the shares.
+    (WAITING := "waiting in native code (left out)", True,
+     ("Thread.run (", "Worker.main_loop (", "_WorkItem.run (", "_worker (concurrent", "select (selectors.py",
+      "_run_user_code_event_loop", "_run_router_event_loop")),
+    ("asyncio event loop", True, ("asyncio/",)),
+    ("Serve proxy/router/replica Python", False, ("ray/serve/",)),
+    ("Ray core Python (actor calls, object refs)", False, ("ray/",)),
+)
+
+
+def category_of(frames: list[str]) -> str:
+    for depth, frame in enumerate(reversed(frames)):
+        for name, leaf_only, needles in CATEGORIES:
+            if (not leaf_only or depth == 0) and any(needle in frame for needle in needles):
+                return name
+    return "other"
 
 
 def process_cpu_s(pid: int) -> float:
@@ -137,26 +155,24 @@ def read_collapsed(path: Path) -> Counter:
 
 
 def categorize(stacks: Counter) -> dict[str, float]:
-    """Share of on-CPU samples per category (a sample counts in the first category it matches)."""
-    total = sum(stacks.values()) or 1
+    """Share of working on-CPU samples per category, plus the share of all samples that only looked busy."""
     shares: Counter = Counter()
     for stack, count in stacks.items():
-        frames = stack.split(";")
-        for category, needles in CATEGORIES.items():
-            if any(needle in frame for frame in frames for needle in needles):
-                shares[category] += count
-                break
-        else:
-            shares["other"] += count
-    return {category: n / total for category, n in shares.most_common()}
+        shares[category_of(stack.split(";"))] += count
+    waiting = shares.pop(WAITING, 0)
+    working = sum(shares.values()) or 1
+    return {**{category: n / working for category, n in shares.most_common()},
+            WAITING: waiting / ((working + waiting) or 1)}
 
 
 def top_leaves(stacks: Counter, n: int = 8) -> list[tuple[str, float]]:
-    """The functions samples were *in* (self time), as shares of on-CPU samples."""
-    total = sum(stacks.values()) or 1
+    """The functions working samples were *in* (self time), as shares of working samples."""
     leaves: Counter = Counter()
     for stack, count in stacks.items():
-        leaves[_short(stack.split(";")[-1])] += count
+        frames = stack.split(";")
+        if category_of(frames) != WAITING:
+            leaves[_short(frames[-1])] += count
+    total = sum(leaves.values()) or 1
     return [(frame, count / total) for frame, count in leaves.most_common(n)]
 
 

@@ -31,13 +31,15 @@ def bench_args(models: Path, storage: Path) -> dict[str, Any]:
     }
 
 
-def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, colorizer_threads: int = 2,
+def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.02, colorizer_threads: int = 0,
                   ingress_max_ongoing: int = 64, ingress_max_queued: int = -1,
                   colorizer_max_ongoing: int = 32) -> dict[str, dict[str, Any]]:
     """Per-deployment options, as serve_config.yaml's `deployments:` would set them."""
-    quiet = {"logging_config": {"enable_access_log": False}}
+    # A fixed code version makes a redeploy that only changes options a live update, as `serve deploy`
+    # of a config file is; the Python API otherwise draws a new version and restarts every replica.
+    quiet = {"logging_config": {"enable_access_log": False}, "version": "bench", "_internal": True}
     # Ray pins OMP_NUM_THREADS to floor(num_cpus) >= 1 in each replica, so a 0.25-CPU colorizer gets one
-    # torch thread. The bench gives it as many as the bare in-process run has, for a like-for-like ratio.
+    # torch thread; measured on 2 shared cores, 2 threads lose ~15% (OpenMP spin-waits at batch sizes 1-2).
     threads = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(colorizer_threads)}}} if colorizer_threads else {}
     options = {name: {"ray_actor_options": {"num_cpus": 0.25}, **quiet} for name in STAGES}
     options["Ingress"].update(max_ongoing_requests=ingress_max_ongoing, max_queued_requests=ingress_max_queued)
@@ -51,30 +53,35 @@ def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01
 class ServeGraph:
     """One Ray cluster + Serve on 127.0.0.1:``port``; ``deploy`` (re)deploys the app with options."""
 
-    def __init__(self, models: Path, workdir: Path, port: int, system_config: dict[str, Any] | None = None):
+    def __init__(self, models: Path, workdir: Path, port: int, ray_env: dict[str, str] | None = None):
         self.models, self.workdir, self.port = models, workdir, port
-        self.system_config = system_config or {}
+        self.ray_env = ray_env or {}  # e.g. Serve feature flags: every Ray process inherits them from here
         self.url = f"http://127.0.0.1:{port}"
 
     def __enter__(self) -> ServeGraph:
         import ray
         from ray import serve
 
+        self._saved_env = {name: os.environ.get(name) for name in self.ray_env}
+        os.environ.update(self.ray_env)
         # Lying about CPUs only affects scheduling; replicas ask for fractions anyway.
         ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, namespace="bench", _system_config=self.system_config)
+                 configure_logging=False, namespace="bench")
         serve.start(http_options={"host": "127.0.0.1", "port": self.port, "request_timeout_s": 120},
                     logging_config={"enable_access_log": False})
         return self
 
     def __exit__(self, *exc) -> None:
         import ray
-        from ray import serve
 
         try:
-            serve.shutdown()
+            ray.shutdown()  # takes every Serve actor with it in ~1 s; serve.shutdown() can wait 30 s on replicas
         finally:
-            ray.shutdown()
+            for name, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def deploy(self, options: dict[str, dict[str, Any]]) -> float:
         """Deploy (or update) the app and wait until it answers; returns seconds taken."""
@@ -89,13 +96,16 @@ class ServeGraph:
                   logging_config={"enable_access_log": False})
         return time.perf_counter() - started
 
-    def stage_status(self, deployment: str = "ColorizerTiny") -> dict[str, Any]:
-        from ray import serve
+    def batch_sizes(self, model: str = "tiny") -> dict[int, int]:
+        """Batch sizes the colorizer formed so far, from /health (the ingress caches stage statuses for
+        STATUS_TTL_S, so wait that out). Over HTTP, since some Serve flags make driver-side handles unusable."""
+        import httpx
 
-        return serve.get_deployment_handle(deployment, APP).status.remote().result(timeout_s=30)
+        from deployments.graph import STATUS_TTL_S
 
-    def batch_sizes(self, deployment: str = "ColorizerTiny") -> dict[int, int]:
-        return {int(size): n for size, n in self.stage_status(deployment).get("batch_sizes", {}).items()}
+        time.sleep(STATUS_TTL_S + 0.1)
+        health = httpx.get(f"{self.url}/health", timeout=30, trust_env=False).json()
+        return {int(size): n for size, n in health["models"][model].get("batch_sizes", {}).items()}
 
     def processes(self) -> dict[str, int]:
         """{"Ingress#abc": pid, ..., "proxy": pid, "controller": pid} for this cluster's Serve actors."""
@@ -137,16 +147,18 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def process_groups(graph: ServeGraph) -> dict[str, list[int]]:
-    """Processes to meter: each Serve actor, the other (idle) stages, Ray's daemons, this client."""
+def process_groups(graph: ServeGraph, exclude: tuple[int, ...] = ()) -> dict[str, list[int]]:
+    """Processes to meter: each Serve actor, the other (idle) stages, Ray's daemons, this client.
+    ``exclude``: other children of this process (the peer) and their descendants."""
     from .profile import descendants
 
     actors = graph.processes()
+    others = {pid for root in exclude for pid in (root, *descendants(root))}
     groups: dict[str, list[int]] = {"client (load generator + driver)": [os.getpid()]}
     for name, pid in actors.items():
         stage = name.split("#")[0]
         key = stage if stage in ("Ingress", "ColorizerTiny", "proxy", "controller") else "idle stages"
         groups.setdefault(key, []).append(pid)
     groups["Ray daemons (raylet, GCS, ...)"] = [pid for pid in descendants(os.getpid())
-                                                if pid not in set(actors.values())]
+                                                if pid not in set(actors.values()) | others]
     return groups
