@@ -139,10 +139,12 @@ def overload(graph: ServeGraph, target: Target, plan: Plan, options: dict, group
                                           for name, used in meter.stop().items()}
     statuses = summary["statuses"]
     sent = sum(n for status, n in statuses.items() if status != -1)
+    # Deliberate shedding is Serve's own 503 for a full queue; any other 503 (e.g. a stage reported
+    # as not loaded) is a failure, not shedding.
+    shed = sum(n for what, n in result.errors.items() if what.startswith("503:") and "backpressure" in what)
     summary.update(
-        offered_factor=plan.overload_factor, capacity_rps=capacity_rps,
-        shed_fraction=statuses.get(503, 0) / max(sent, 1),
-        unexpected=sum(n for status, n in statuses.items() if status not in (200, 503)),
+        offered_factor=plan.overload_factor, capacity_rps=capacity_rps, shed_fraction=shed / max(sent, 1),
+        unexpected=sum(n for status, n in statuses.items() if status not in (200, 503)) + statuses.get(503, 0) - shed,
         config={"Ingress.max_ongoing_requests": plan.overload_max_ongoing,
                 "Ingress.max_queued_requests": plan.overload_max_queued})
     graph.deploy(graph_options(**options))

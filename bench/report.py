@@ -83,7 +83,9 @@ def level_table(title: str, levels: dict, with_batches: bool) -> str:
         if with_batches:
             row += [mean_batch(summary["batch_sizes"]), summary["batch_sizes"]]
         rows.append(row)
-    return table(title, LOAD_HEADERS + (["mean batch", "batches formed"] if with_batches else []), rows)
+    errors = "; ".join(f"c={c}: {n} x {what}" for c, s in levels.items() for what, n in s.get("errors", {}).items())
+    return table(title, LOAD_HEADERS + (["mean batch", "batches formed"] if with_batches else []), rows,
+                 f"errors: {errors}" if errors else None)
 
 
 def comparison_table(results: dict) -> str:
@@ -136,6 +138,7 @@ def batching_table(results: dict) -> str:
 def overload_table(results: dict) -> str:
     o = results["overload"]
     cpu = o["cpu_ms_per_sent_request"]
+    reasons = "; ".join(f"{n} x {what}" for what, n in o.get("errors", {}).items())
     return table(f"Overload: open loop (Poisson) at {o['offered_factor']:g} x {o['capacity_rps']:.1f} req/s",
                  ["offered/s", "sent", "accepted", "accepted/s", "p50 ms", "p95 ms", "p99 ms", "shed", "statuses"],
                  [[o["offered_rps"], o["requests"], o["ok"], o["throughput_rps"], o["p50_ms"], o["p95_ms"], o["p99_ms"],
@@ -143,7 +146,7 @@ def overload_table(results: dict) -> str:
                  f"{o['config']}; client lag p99 {o.get('client_lag_p99_ms', float('nan')):.1f} ms, p99 counted from "
                  f"the schedule {o.get('p99_from_schedule_ms', float('nan')):.0f} ms; CPU ms per sent "
                  f"request: proxy {cpu['proxy']:.1f}, client {cpu['client (load generator + driver)']:.1f}, "
-                 f"whole machine {cpu['whole machine']:.1f}")
+                 f"whole machine {cpu['whole machine']:.1f}; {reasons}")
 
 
 def memory_table(results: dict) -> str:
@@ -163,6 +166,10 @@ def profile_tables(profile: dict) -> list[str]:
         out.append(table(f"Profile at c=16: {name} ({data['samples']} on-CPU samples, py-spy)", ["where", "share"],
                          rows))
     return out
+
+
+def failed_requests(levels: dict) -> int:
+    return sum(n for s in levels.values() for status, n in s["statuses"].items() if not 200 <= int(status) < 300)
 
 
 def verdicts(results: dict) -> list[Verdict]:
@@ -186,6 +193,7 @@ def verdicts(results: dict) -> list[Verdict]:
         at_most(f"overload x{overload['offered_factor']:g}: accepted p99 <= 3 x unloaded p50",
                 overload["p99_ms"], 3 * unloaded_p50, f"p99 (unloaded p50 {unloaded_p50:.0f} ms)", " ms"),
         at_most("overload: no 5xx but 503 shedding, no transport errors", overload["unexpected"], 0, "others"),
+        at_most("(extra) closed loop c=1..64: no errors at all", failed_requests(results["graph"]), 0, "failed"),
         at_most("replica RSS growth < 5%", memory[worst]["growth"] * 100, 5.0,
                 f"worst: {worst}, {results['memory']['ok']} req", "%"),
     ]
