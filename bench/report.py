@@ -182,7 +182,8 @@ def verdicts(results: dict) -> list[Verdict]:
     found = []
     if graph16 and peer16:
         found += [
-            at_least(f"graph >= 0.85 x bare (c=16 vs batch {results['bare_interleaved']['batch']})", graph16["throughput_rps"] / bare_best, 0.85,
+            at_least(f"graph >= 0.85 x bare (c=16 vs batch {results['bare_interleaved']['batch']})",
+                     graph16["throughput_rps"] / bare_best, 0.85,
                      f"{graph16['throughput_rps']:.1f} / {bare_best:.1f} img/s"),
             at_least("graph >= 1.0 x FastAPI peer (c=16)", graph16["throughput_rps"] / peer16["throughput_rps"], 1.0,
                      f"{graph16['throughput_rps']:.1f} / {peer16['throughput_rps']:.1f} req/s"),
