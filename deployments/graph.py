@@ -48,27 +48,64 @@ class JobPlan:
 
 
 class Graph:
-    def __init__(self, stages: dict[str, DeploymentHandle], *, timeout_s: float):
+    """Runs jobs, and keeps a cached view of which stages are loaded.
+
+    Status probes share the stages' request queues with real work, so under load a probe can
+    wait behind a full queue. A slow probe therefore never marks a stage that has answered
+    "loaded" as unloaded, and jobs never wait for a probe: the view refreshes in the background.
+    """
+
+    def __init__(self, stages: dict[str, DeploymentHandle], *, timeout_s: float,
+                 status_ttl_s: float = STATUS_TTL_S, probe_timeout_s: float = 5.0):
         self.stages = stages
         self.timeout_s = timeout_s
+        self.status_ttl_s = status_ttl_s
+        self.probe_timeout_s = probe_timeout_s
         self._statuses: dict[str, dict[str, Any]] = {}
-        self._checked_at = 0.0
-        self._lock = asyncio.Lock()
+        self._checked_at = float("-inf")
+        self._refresh: asyncio.Task | None = None
 
-    async def statuses(self, *, max_age_s: float = STATUS_TTL_S) -> dict[str, dict[str, Any]]:
-        async with self._lock:
-            if time.monotonic() - self._checked_at > max_age_s:
-                names = list(self.stages)
-                results = await asyncio.gather(*(self._status(n) for n in names))
-                self._statuses = dict(zip(names, results))
-                self._checked_at = time.monotonic()
+    async def statuses(self, *, wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
+        """The latest view; a stale one starts a background refresh. Waits up to ``wait_s`` for that
+        refresh (health checks want fresh numbers, jobs do not), and always for the very first view."""
+        if time.monotonic() - self._checked_at > self.status_ttl_s:
+            refresh = self._start_refresh()
+            wait = None if not self._statuses else wait_s
+            if wait is None or wait > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(refresh), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass  # answer with the previous view; the refresh goes on
         return self._statuses
 
-    async def _status(self, name: str) -> dict[str, Any]:
+    def invalidate(self) -> None:
+        self._checked_at = float("-inf")
+
+    def _start_refresh(self) -> asyncio.Task:
+        if self._refresh is None or self._refresh.done():  # one probe round at a time
+            self._refresh = asyncio.get_running_loop().create_task(self._probe_all())
+        return self._refresh
+
+    async def _probe_all(self) -> None:
+        names = list(self.stages)
+        answers = await asyncio.gather(*(self._probe(name) for name in names))
+        view = {}
+        for name, (answer, reachable) in zip(names, answers):
+            previous = self._statuses.get(name, {})
+            if not reachable and previous.get("loaded"):
+                # Busy, not unloaded: a replica that dies is restarted by Serve, and a job that
+                # meets an unloaded model invalidates this view (ModelNotLoadedError).
+                answer = {**previous, "probe_error": answer["error"]}
+            view[name] = answer
+        self._statuses = view
+        self._checked_at = time.monotonic()
+
+    async def _probe(self, name: str) -> tuple[dict[str, Any], bool]:
         try:
-            return await asyncio.wait_for(_wait(self.stages[name].status.remote()), timeout=5)
+            status = await asyncio.wait_for(_wait(self.stages[name].status.remote()), timeout=self.probe_timeout_s)
+            return status, True
         except Exception as exc:  # a stage that cannot answer is reported, not fatal
-            return {"loaded": False, "error": f"stage not reachable: {type(exc).__name__}: {exc}"}
+            return {"loaded": False, "error": f"stage not reachable: {type(exc).__name__}: {exc}"}, False
 
     async def require(self, plan: JobPlan) -> None:
         statuses = await self.statuses()
@@ -91,7 +128,7 @@ class Graph:
         except BackPressureError as exc:
             raise Overloaded(str(exc)) from None
         except ModelNotLoadedError as exc:
-            self._checked_at = 0.0  # our cached view was stale
+            self.invalidate()  # our cached view was stale
             raise StageUnavailable(_first_line(exc)) from None
         except Exception as exc:
             log.exception("job %s failed in the graph", plan)

@@ -33,6 +33,7 @@ log = logging.getLogger("ray.serve")
 MODELS = ("large", "tiny")
 KEY_API, APP_CHECK_API = "v1", "app"  # the two surfaces map internal failures differently
 RETRY_AFTER_S = "2"
+HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 V1_FIELDS = ("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS)
 
@@ -91,7 +92,7 @@ class Ingress:
     # -- seed 003 ---------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        statuses = await self.graph.statuses()
+        statuses = await self.graph.statuses(wait_s=HEALTH_PROBE_WAIT_S)
         models = {name: statuses.get(name, {}) for name in MODELS}
         loaded = any(status.get("loaded") for status in models.values())
         body = {"status": "healthy" if loaded else "unhealthy", "model_loaded": loaded, "models": models,

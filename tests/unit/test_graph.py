@@ -1,0 +1,116 @@
+"""The graph's view of which stages are loaded (no Ray cluster: stage handles are stand-ins
+that answer ``status.remote()`` like a DeploymentHandle, after a chosen delay)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from deployments.graph import Graph, JobPlan, StageUnavailable
+from pipeline.errors import ModelNotLoadedError
+
+
+class StandInStage:
+    def __init__(self, reply: dict | Exception, delay_s: float = 0.0):
+        self.reply, self.delay_s, self.probes = reply, delay_s, 0
+        self.status = SimpleNamespace(remote=self._status)
+
+    def _status(self):
+        self.probes += 1
+        return self._answer()
+
+    async def _answer(self):
+        await asyncio.sleep(self.delay_s)
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return dict(self.reply)
+
+    def remote(self, image, options):  # a job: fails the way an unloaded replica does
+        async def fail():
+            raise ModelNotLoadedError("the 'tiny' colorization model is not loaded: weights missing")
+        return fail()
+
+
+LOADED = {"loaded": True, "batch_sizes": {}}
+
+
+def make_graph(ttl_s: float = 0.05, probe_timeout_s: float = 0.2, **stages: StandInStage) -> Graph:
+    return Graph(stages, timeout_s=5, status_ttl_s=ttl_s, probe_timeout_s=probe_timeout_s)
+
+
+def test_first_view_waits_for_the_probes():
+    async def scenario():
+        graph = make_graph(tiny=StandInStage(LOADED, delay_s=0.05), large=StandInStage({"loaded": False, "error": "x"}))
+        statuses = await graph.statuses()
+        assert statuses["tiny"]["loaded"] is True and statuses["large"] == {"loaded": False, "error": "x"}
+        await graph.require(JobPlan(model="tiny"))
+        with pytest.raises(StageUnavailable, match="'large' colorization model is not loaded"):
+            await graph.require(JobPlan(model="large"))
+    asyncio.run(scenario())
+
+
+def test_a_busy_stage_that_answered_loaded_stays_loaded():
+    """The bug the benchmark found: a probe stuck behind a full queue used to mark a loaded
+    model "not loaded", turning load into false 503s."""
+    async def scenario():
+        tiny = StandInStage(LOADED)
+        graph = make_graph(tiny=tiny)
+        assert (await graph.statuses())["tiny"]["loaded"]
+        tiny.delay_s = 1.0  # now busier than the probe timeout
+        await asyncio.sleep(0.06)
+        statuses = await graph.statuses(wait_s=0.5)  # waits for the refresh, which times out
+        assert statuses["tiny"]["loaded"] is True
+        assert "TimeoutError" in statuses["tiny"]["probe_error"]
+        await graph.require(JobPlan(model="tiny"))
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_stage_that_never_answered_is_not_loaded():
+    async def scenario():
+        graph = make_graph(tiny=StandInStage(ConnectionError("actor died")))
+        status = (await graph.statuses())["tiny"]
+        assert status["loaded"] is False and "ConnectionError: actor died" in status["error"]
+        with pytest.raises(StageUnavailable):
+            await graph.require(JobPlan(model="tiny"))
+    asyncio.run(scenario())
+
+
+def test_an_explicit_not_loaded_answer_replaces_loaded():
+    async def scenario():
+        tiny = StandInStage(LOADED)
+        graph = make_graph(tiny=tiny)
+        await graph.statuses()
+        tiny.reply = {"loaded": False, "error": "weights gone"}
+        await asyncio.sleep(0.06)
+        assert (await graph.statuses(wait_s=1))["tiny"] == {"loaded": False, "error": "weights gone"}
+    asyncio.run(scenario())
+
+
+def test_jobs_never_wait_for_a_probe_and_probes_do_not_pile_up():
+    async def scenario():
+        tiny = StandInStage(LOADED)
+        graph = make_graph(probe_timeout_s=5, tiny=tiny)
+        await graph.statuses()
+        tiny.delay_s = 0.5
+        await asyncio.sleep(0.06)
+        started = time.perf_counter()
+        await asyncio.gather(*(graph.require(JobPlan(model="tiny")) for _ in range(50)))
+        assert time.perf_counter() - started < 0.1  # answered from the cached view
+        assert tiny.probes == 2  # the first view, then one background refresh for all 50 jobs
+        assert (await graph.statuses(wait_s=0.01))["tiny"]["loaded"]  # cached answer when the wait runs out
+    asyncio.run(scenario())
+
+
+def test_a_job_that_meets_an_unloaded_model_refreshes_the_view():
+    async def scenario():
+        tiny = StandInStage(LOADED)
+        graph = make_graph(ttl_s=3600, tiny=tiny)
+        await graph.statuses()
+        tiny.reply = {"loaded": False, "error": "weights missing"}
+        with pytest.raises(StageUnavailable, match="not loaded: weights missing"):
+            await graph.run(JobPlan(model="tiny"), np.zeros((4, 4, 3), np.uint8))
+        assert (await graph.statuses(wait_s=1))["tiny"]["loaded"] is False  # despite the hour-long TTL
+    asyncio.run(scenario())
