@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any
 
+import cv2
 import numpy as np
 import ray
 from ray import serve
@@ -29,6 +31,10 @@ class _Stage:
     stage: str = "stage"
 
     def _load(self, describe: dict[str, Any], loader) -> None:
+        # OpenCV sizes its pool by the machine, not by this replica's CPU share; Ray sets OMP_NUM_THREADS
+        # from num_cpus (>= 1), as torch uses it. On 2 cores, 2 OpenCV threads made Lab conversions 2x slower.
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        cv2.setNumThreads(int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1)
         # One batch queue per instance (a decorated base-class method would share one queue).
         self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)(self._run_batch_in_thread)
         self._describe = describe

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,3 +105,13 @@ def test_ab_is_clamped_and_model_input_square():
     merged = merge_lightness_ab(np.full((4, 4), 50, np.float32), np.full((2, 2, 2), 1e9, np.float32))
     assert merged.dtype == np.uint8
     assert model_lightness(photo(300, 170), 256).shape == (256, 256)
+
+
+def test_merge_matches_the_plain_numpy_formula_bit_for_bit():
+    # Out-of-gamut ab on purpose: the fast path must clip exactly like rint/clip/astype would.
+    rng = np.random.default_rng(3)
+    full = rng.uniform(0, 100, (97, 131)).astype(np.float32)
+    ab = rng.uniform(-140, 140, (97, 131, 2)).astype(np.float32)
+    rgb = cv2.cvtColor(np.dstack([full, np.clip(ab, -128, 127)]), cv2.COLOR_Lab2RGB)
+    expected = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(merge_lightness_ab(full, ab), expected)
