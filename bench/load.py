@@ -155,7 +155,9 @@ async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: C
                                      headers={**target.headers, "Content-Type": content_type})
         await response.aread()
         if response.status_code >= 400:  # why, in the service's words ({"detail"} on both seeds)
-            errors[f"{response.status_code}: {_detail(response)}"] += 1
+            retry = response.headers.get("retry-after")
+            shed = f" [Retry-After: {retry}]" if retry else " [no Retry-After]" if response.status_code in (429, 503) else ""
+            errors[f"{response.status_code}: {_detail(response)}{shed}"] += 1
         return response.status_code
     except httpx.HTTPError as exc:
         errors[type(exc).__name__] += 1

@@ -106,8 +106,7 @@ def cpu_table(results: dict) -> str:
     """CPU per request by process at c=16, for each server measured there."""
     columns = {"graph": results["graph"].get(16)}
     if "variant" in results:
-        env = " ".join(f"{k.removeprefix('RAY_SERVE_')}={v}" for k, v in results["variant"]["ray_env"].items())
-        columns[f"graph, {env}"] = results["variant"]
+        columns[f"graph, {results['variant'].get('label', 'variant')}"] = results["variant"]
     columns["peer"] = results["peer"].get(16)
     summaries = {name: summary for name, summary in columns.items() if summary}
     columns = {name: summary["cpu_ms_per_request"] for name, summary in summaries.items()}
@@ -143,7 +142,9 @@ def overload_table(results: dict) -> str:
                  ["offered/s", "sent", "accepted", "accepted/s", "p50 ms", "p95 ms", "p99 ms", "shed", "statuses"],
                  [[o["offered_rps"], o["requests"], o["ok"], o["throughput_rps"], o["p50_ms"], o["p95_ms"], o["p99_ms"],
                    f"{o['shed_fraction'] * 100:.0f}%", o["statuses"]]],
-                 f"{o['config']}; client lag p99 {o.get('client_lag_p99_ms', float('nan')):.1f} ms, p99 counted from "
+                 f"{o['config']}; the same bound without excess traffic (closed loop at "
+                 f"c={o['config']['Ingress.max_ongoing_requests']}): {o['bound_only']['throughput_rps']:.1f} req/s, "
+                 f"p50 {o['bound_only']['p50_ms']:.0f} ms, p99 {o['bound_only']['p99_ms']:.0f} ms; client lag p99 {o.get('client_lag_p99_ms', float('nan')):.1f} ms, p99 counted from "
                  f"the schedule {o.get('p99_from_schedule_ms', float('nan')):.0f} ms; CPU ms per sent "
                  f"request: proxy {cpu['proxy']:.1f}, client {cpu['client (load generator + driver)']:.1f}, "
                  f"whole machine {cpu['whole machine']:.1f}; {reasons}")
@@ -194,6 +195,8 @@ def verdicts(results: dict) -> list[Verdict]:
         at_most(f"overload x{overload['offered_factor']:g}: accepted p99 <= 3 x unloaded p50",
                 overload["p99_ms"], 3 * unloaded_p50, f"p99 (unloaded p50 {unloaded_p50:.0f} ms)", " ms"),
         at_most("overload: no 5xx but 503 shedding, no transport errors", overload["unexpected"], 0, "others"),
+        at_most("overload: every shed answer has Retry-After", overload.get("shed_without_retry_after", 0), 0,
+                "without"),
         at_most("(extra) closed loop c=1..64: no errors at all", failed_requests(results["graph"]), 0, "failed"),
         at_most("replica RSS growth < 5%", memory[worst]["growth"] * 100, 5.0,
                 f"worst: {worst}, {results['memory']['ok']} req", "%"),

@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import graph as parts
+from deployments.launch import CPU_RAY_ENV
+
 from .bare import bare_throughput
 from .load import colorize_target
 from .peer_fastapi import PeerProcess
@@ -46,7 +48,7 @@ def run(plan: parts.Plan, options: dict, *, with_profile: bool, variant_env: dic
     def bare_at_best_batch() -> dict:
         return bare_throughput(models, workdir / "bare", photos, (best_batch,), plan.bare_images)[best_batch]
 
-    with ServeGraph(models, workdir / "graph", free_port()) as service, \
+    with ServeGraph(models, workdir / "graph", free_port(), CPU_RAY_ENV) as service, \
             PeerProcess(models, workdir / "peer", free_port()) as peer:
         results["graph_deploy_s"] = service.deploy(parts.graph_options(**options))
         target, peer_target = colorize_target(service.url), colorize_target(peer.url)
@@ -86,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write all results here")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--variant-env", nargs="*", metavar="NAME=VALUE",
-                        default=[f"{k}={v}" for k, v in parts.THROUGHPUT_OPTIMIZED.items()],
+                        default=[f"{k}={v}" for k, v in parts.RAY_DEFAULTS.items()],
                         help="env of a second cluster measured at c=16 (Ray/Serve flags); none: skip it")
     # Defaults: the colorizer's user_config of serve_config.demo.yaml.
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-s", type=float, default=0.02)
+    parser.add_argument("--batch-wait-s", type=float, default=0.005)
     parser.add_argument("--colorizer-threads", type=int, default=0, help="torch threads; 0: Ray's default (1)")
     parser.add_argument("--overload-max-ongoing", type=int, help="Ingress max_ongoing_requests while overloaded")
     parser.add_argument("--overload-max-queued", type=int, help="Ingress max_queued_requests while overloaded")

@@ -76,7 +76,7 @@ class _Stage:
         raise NotImplementedError
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class ScratchRepair(_Stage):
     stage = "scratch-repair"
 
@@ -98,7 +98,7 @@ class ScratchRepair(_Stage):
         return self._impl.repair_batch(images)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class Colorizer(_Stage):
     def __init__(self, name: str, settings: dict[str, Any], runtime: dict[str, Any]):
         spec, runtime = ModelSettings.model_validate(settings), ModelRuntime.model_validate(runtime)
@@ -113,7 +113,7 @@ class Colorizer(_Stage):
         return self._impl.colorize_batch(images, options)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class FaceRemaster(_Stage):
     stage = "face-remaster"
 

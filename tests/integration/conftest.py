@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployments.launch import CPU_RAY_ENV
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
 
@@ -52,6 +53,9 @@ def serve_cluster():
     os.environ.setdefault("MINIO_SECRET_KEY", "test-secret-key")
     os.environ.setdefault("MODEL_STORE_ACCESS_KEY", "test-access-key")
     os.environ.setdefault("MODEL_STORE_SECRET_KEY", "test-secret-key")
+    # The Ray settings `make demo` uses on CPU-only machines (the multi-node test covers Ray's defaults).
+    for name, value in CPU_RAY_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

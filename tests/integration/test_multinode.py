@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from deployments.launch import CPU_RAY_ENV
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 SCENARIO = Path(__file__).with_name("multinode_scenario.py")
@@ -27,7 +29,8 @@ TIMEOUT_S = 360  # a run takes 40-75 s on 2 cores; the scenario's own waits fail
 
 
 def run_scenario() -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray's defaults, as on GPU clusters (the rest of the suite runs with launch.CPU_RAY_ENV).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in CPU_RAY_ENV}
     # Its own session: on a timeout, the scenario and every Ray process it started go, and
     # nothing else.
     process = subprocess.Popen([sys.executable, str(SCENARIO)], cwd=REPO, env=env, text=True,

@@ -1,0 +1,87 @@
+"""Bounded queues shed load with Retry-After, charge nothing, and never answer 5xx otherwise:
+at the proxy (a full Ingress queue, Serve's backpressure_config) and inside the graph (a full
+stage queue, answered by the ingress in each seed's error shape)."""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.helpers import encode, photo
+from tests.integration.conftest import balance, create_key, demo_args
+
+pytestmark = pytest.mark.integration
+
+BURST = 16
+PHOTO = encode(photo(384, 256, seed=11), "JPEG")
+
+
+def deploy(name: str, serve_cluster: str, models_dir, tmp_path_factory, options: dict, jwks_url=None) -> dict:
+    from ray import serve
+
+    from deployments.app import build_graph
+    from deployments.settings import load_settings
+
+    args = demo_args(tmp_path_factory.mktemp(name), models_dir, jwks_url=jwks_url)
+    serve.run(build_graph(load_settings(args), options), name=name, route_prefix=f"/{name}")
+    return {"url": f"{serve_cluster}/{name}", "args": args}
+
+
+@pytest.fixture(scope="module")
+def proxy_bound(serve_cluster, models_dir, tmp_path_factory):
+    from ray import serve
+
+    options = {"Ingress": {"max_ongoing_requests": 1, "max_queued_requests": 1,
+                           "backpressure_config": {"status_code": 503, "retry_after_s": 2}}}
+    yield deploy("shed-proxy", serve_cluster, models_dir, tmp_path_factory, options)
+    serve.delete("shed-proxy")
+
+
+@pytest.fixture(scope="module")
+def stage_bound(serve_cluster, models_dir, signing_keys, tmp_path_factory):
+    from ray import serve
+
+    options = {"Ingress": {"max_ongoing_requests": 32},
+               "ColorizerTiny": {"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                 "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0}}}
+    service = deploy("shed-stage", serve_cluster, models_dir, tmp_path_factory, options, signing_keys.jwks_url)
+    yield {**service, "app_check": signing_keys.token()}
+    serve.delete("shed-stage")
+
+
+def burst(url: str, headers: dict | None = None, field: str = "image") -> list[httpx.Response]:
+    async def send_all():
+        async with httpx.AsyncClient(timeout=120, headers=headers) as client:
+            return await asyncio.gather(*(client.post(url, files={field: ("old.jpg", PHOTO)}, data={"model": "tiny"})
+                                          for _ in range(BURST)))
+    return asyncio.run(send_all())
+
+
+def test_a_full_ingress_queue_sheds_at_the_proxy_with_retry_after(proxy_bound):
+    key = create_key(proxy_bound["args"], credits=100, rate_per_s=1000, burst=1000)
+    responses = burst(f"{proxy_bound['url']}/api/v1/colorize", {"X-Api-Key": key})
+    statuses = Counter(response.status_code for response in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "2"
+    assert balance(proxy_bound["args"], key) == 100 - statuses[200]  # shed requests cost nothing
+
+
+def test_a_full_stage_queue_sheds_in_each_seeds_error_shape(stage_bound):
+    key = create_key(stage_bound["args"], credits=100, rate_per_s=1000, burst=1000)
+    # Seed 000 calls throttling 429; seed 003 has 503 (and names its file field "file").
+    shapes = {"/api/v1/colorize": (429, "image"), "/colorize": (503, "file")}
+    for route, (shed_status, field) in shapes.items():
+        responses = burst(f"{stage_bound['url']}{route}",
+                          {"X-Api-Key": key, "X-Firebase-AppCheck": stage_bound["app_check"]}, field)
+        statuses = Counter(response.status_code for response in responses)
+        assert set(statuses) == {200, shed_status}, (route, statuses)
+        for response in responses:
+            if response.status_code == shed_status:
+                assert response.json() == {"detail": "server is busy; retry shortly"}
+                assert response.headers["Retry-After"] == "2"
+        if route == "/api/v1/colorize":
+            assert balance(stage_bound["args"], key) == 100 - statuses[200]
