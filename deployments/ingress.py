@@ -63,7 +63,10 @@ class Ingress:
         self._sweeper: asyncio.Task | None = None
 
     async def __call__(self, request: Request) -> Response:
-        request_id = uuid.uuid4().hex
+        # Serve's proxy gives every request an id (the client's X-Request-Id, if sent) and puts it on
+        # the response; logs and 500 details quote the same id.
+        serve_request_id = request.headers.get("x-request-id")
+        request_id = serve_request_id or uuid.uuid4().hex
         self._start_sweeper()
         try:
             response = await self._dispatch(request)
@@ -74,7 +77,8 @@ class Ingress:
         except Exception:
             log.exception("request %s %s failed (request id %s)", request.method, request.url.path, request_id)
             response = ApiError(500, f"internal error (request id {request_id})").response()
-        response.headers["X-Request-Id"] = request_id
+        if serve_request_id is None:  # not through Serve's HTTP proxy
+            response.headers["X-Request-Id"] = request_id
         return response
 
     async def _dispatch(self, request: Request) -> Response:

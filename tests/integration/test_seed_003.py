@@ -93,3 +93,10 @@ def test_formats(client):
     sixteen.save(buffer, format="PNG")
     response = client.post("/colorize", files={"file": ("x16.png", buffer.getvalue())})
     assert response.status_code == 200, response.text
+
+
+def test_one_request_id_per_response_and_a_client_id_is_kept(client):
+    generated = client.get("/health")
+    assert len(generated.headers.get_list("x-request-id")) == 1
+    echoed = client.get("/no/such/route", headers={"X-Request-Id": "trace-0042"})
+    assert echoed.status_code == 404 and echoed.headers.get_list("x-request-id") == ["trace-0042"]
