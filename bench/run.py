@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="env of a second cluster measured at c=16 (Ray/Serve flags); none: skip it")
     # Defaults: the colorizer's user_config of serve_config.demo.yaml.
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--batch-wait-s", type=float, default=0.1)
     parser.add_argument("--colorizer-threads", type=int, default=0, help="torch threads; 0: Ray's default (1)")
     parser.add_argument("--overload-max-ongoing", type=int, help="Ingress max_ongoing_requests while overloaded")
     parser.add_argument("--overload-max-queued", type=int, help="Ingress max_queued_requests while overloaded")

@@ -31,9 +31,9 @@ def bench_args(models: Path, storage: Path) -> dict[str, Any]:
     }
 
 
-def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.005, colorizer_threads: int = 0,
+def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.1, colorizer_threads: int = 0,
                   ingress_max_ongoing: int = 64, ingress_max_queued: int = -1,
-                  colorizer_max_ongoing: int = 64) -> dict[str, dict[str, Any]]:
+                  colorizer_max_ongoing: int = 64, ingress_replicas: int = 1) -> dict[str, dict[str, Any]]:
     """Per-deployment options, as serve_config.yaml's `deployments:` would set them."""
     # A fixed code version makes a redeploy that only changes options a live update, as `serve deploy`
     # of a config file is; the Python API otherwise draws a new version and restarts every replica.
@@ -43,7 +43,8 @@ def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.00
     threads = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(colorizer_threads)}}} if colorizer_threads else {}
     options = {name: {"ray_actor_options": {"num_cpus": 0.25}, **quiet} for name in STAGES}
     # As serve_config.yaml: a full Ingress queue answers 503 with Retry-After (Serve's backpressure_config).
-    options["Ingress"].update(max_ongoing_requests=ingress_max_ongoing, max_queued_requests=ingress_max_queued,
+    options["Ingress"].update(num_replicas=ingress_replicas,
+                              max_ongoing_requests=ingress_max_ongoing, max_queued_requests=ingress_max_queued,
                               backpressure_config={"status_code": 503, "retry_after_s": 2})
     options["ColorizerTiny"].update(
         max_ongoing_requests=max(colorizer_max_ongoing, max_batch_size),

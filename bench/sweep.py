@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-waits", type=float, nargs="*", default=[0.005, 0.01, 0.02])
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--colorizer-max-ongoing", type=int, default=64)
+    parser.add_argument("--ingress-replicas", type=int, nargs="*", default=[1])
     parser.add_argument("--levels", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--overload", nargs="*", default=["2:0", "2:1", "3:1", "4:1"],
                         metavar="MAX_ONGOING:MAX_QUEUED")
@@ -40,16 +41,19 @@ def main(argv: list[str] | None = None) -> int:
                         dict(item.split("=", 1) for item in args.ray_env)) as service:
             target = colorize_target(service.url)
             capacity = 0.0
-            for wait in args.batch_waits:
+            for wait, ingresses in [(w, n) for w in args.batch_waits for n in args.ingress_replicas]:
                 options = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": wait,
-                           "colorizer_max_ongoing": args.colorizer_max_ongoing}
+                           "colorizer_max_ongoing": args.colorizer_max_ongoing, "ingress_replicas": ingresses}
                 service.deploy(graph_options(**options))
                 for level in args.levels:
+                    before = service.batch_sizes()
                     summary = parts.drive(target, level, args.seconds)
+                    batch = parts.mean_batch(parts.batch_delta(before, service.batch_sizes()))
                     if level == 16:
                         capacity = max(capacity, summary["throughput_rps"])
-                    print(f"wait {wait:g} c={level}: {summary['throughput_rps']:.1f} req/s, p50 "
-                          f"{summary['p50_ms']:.0f} p99 {summary['p99_ms']:.0f} ms {summary['statuses']}", flush=True)
+                    print(f"wait {wait:g}, {ingresses} ingress c={level}: {summary['throughput_rps']:.1f} req/s, p50 "
+                          f"{summary['p50_ms']:.0f} p99 {summary['p99_ms']:.0f} ms, mean batch {batch:.2f} "
+                          f"{summary['statuses']}", flush=True)
             os.nice(args.client_nice)  # after Ray started: only this process (the load generator) is niced
             for bounds in args.overload:
                 ongoing, queued = (int(x) for x in bounds.split(":"))

@@ -124,6 +124,7 @@ def _explain(exc: ValidationError) -> str:
 class BatchSettings(_Strict):
     """A stage's ``user_config``: live-tunable without restarting replicas."""
     max_batch_size: int = Field(8, ge=1, le=256)
+    # The most a batch waits for more requests, and only while another batch runs (batching.py).
     batch_wait_timeout_s: float = Field(0.02, ge=0, le=5)
 
 

@@ -2,8 +2,8 @@
 
 Each stage loads its model in ``__init__`` (a missing model leaves the replica up and
 reporting ``loaded: false``), batches calls with ``@serve.batch`` (sizes from
-``user_config``), and runs the batch in a worker thread so the event loop keeps
-queueing the next batch while this one computes.
+``user_config``; the wait follows the stage's load, see ``batching.py``), and runs the batch
+in a worker thread so the event loop keeps queueing the next batch while this one computes.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 
+from .batching import AdaptiveBatchWait
 from .model_settings import ModelRuntime, ModelSettings
 from .settings import batch_settings
 
@@ -36,7 +37,9 @@ class _Stage:
         threads = os.environ.get("OMP_NUM_THREADS", "")
         cv2.setNumThreads(int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1)
         # One batch queue per instance (a decorated base-class method would share one queue).
-        self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)(self._run_batch_in_thread)
+        self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
+        self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(
+            self._run_batch_in_thread)
         self._describe = describe
         self._batch_sizes: Counter[int] = Counter()  # which batch sizes actually formed
         started = time.perf_counter()
@@ -51,7 +54,8 @@ class _Stage:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         settings = batch_settings(user_config)
         self._run_batch.set_max_batch_size(settings.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._batch_wait.max_wait_s = settings.batch_wait_timeout_s
+        self._run_batch.set_batch_wait_timeout_s(self._batch_wait.wait_s())
 
     def status(self) -> dict[str, Any]:
         return {"loaded": self._impl is not None, **self._describe,
@@ -70,7 +74,12 @@ class _Stage:
 
     async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         self._batch_sizes[len(images)] += 1
-        return await asyncio.to_thread(self._process, images, options)
+        self._run_batch.set_batch_wait_timeout_s(self._batch_wait.started())
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self._process, images, options)
+        finally:
+            self._run_batch.set_batch_wait_timeout_s(self._batch_wait.finished(time.perf_counter() - started))
 
     def _process(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         raise NotImplementedError
