@@ -34,7 +34,8 @@ class Plan:
     profile_seconds: float = 10.0
     # Overload config: two requests in flight at the ingress and one waiting at the proxy, so an
     # accepted request never waits behind more than 2 others; the rest are shed at once (503).
-    # Picked with `python -m bench.sweep`: 1:1 to 4:1 all shed, 2:1 had the lowest accepted p99.
+    # Picked with `python -m bench.sweep`: 1:1 to 8:1 all shed; 1:1 and 2:1 had the lowest accepted
+    # p99 (~280 ms), and 2:1 accepts about twice as many.
     overload_max_ongoing: int = 2
     overload_max_queued: int = 1
 
