@@ -16,19 +16,10 @@ STAGES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRe
 
 def bench_args(models: Path, storage: Path) -> dict[str, Any]:
     """Application args: the demo profile's models, no auth (nothing charged, no ledger I/O)."""
-    return {
-        "storage": {"backend": "local", "root": str(storage), "retention_seconds": 3600},
-        "colorizers": {
-            "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
-                      "diffusion": {"controlnet": {"source": str(models / "large" / "controlnet")},
-                                    "captioner": {"source": str(models / "captioner")},
-                                    "steps": 2, "resolution": 64}},
-            "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
-        },
-        "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
-        "scratch_repair": {"inpainter": {"architecture": "lama", "source": str(models / "lama")}},
-        "model_cache_dir": str(storage.parent / "model-cache"),
-    }
+    from pipeline.build_demo import model_args
+
+    return {"storage": {"backend": "local", "root": str(storage), "retention_seconds": 3600},
+            **model_args(models), "model_cache_dir": str(storage.parent / "model-cache")}
 
 
 def graph_options(*, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.1, colorizer_threads: int = 0,

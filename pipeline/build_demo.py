@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,6 +74,21 @@ def build(output: Path, *, seed: int = 0, force: bool = False) -> list[Path]:
         staging.rmdir()
         built.append(target)
     return built
+
+
+def model_args(models: Path) -> dict[str, Any]:
+    """The application args that load every model ``build(models)`` made (as serve_config.demo.yaml)."""
+    return {
+        "colorizers": {
+            "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
+                      "diffusion": {"controlnet": {"source": str(models / "large" / "controlnet")},
+                                    "captioner": {"source": str(models / "captioner")},
+                                    "steps": 2, "resolution": 64}},
+            "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
+        },
+        "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
+        "scratch_repair": {"inpainter": {"architecture": "lama", "source": str(models / "lama")}},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

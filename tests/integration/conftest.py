@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from deployments.launch import CPU_RAY_ENV
+from pipeline.build_demo import model_args
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
 
@@ -17,15 +18,7 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
         "auth": {"database_url": f"sqlite:///{root / 'ledger.sqlite3'}", "database_url_env": None,
                  "app_check": {"project_id": PROJECT_ID, "jwks_url": jwks_url}},
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
-        "colorizers": {
-            "large": {"architecture": "controlnet-diffusion", "source": str(models / "large" / "base"),
-                      "diffusion": {"controlnet": {"source": str(models / "large" / "controlnet")},
-                                    "captioner": {"source": str(models / "captioner")},
-                                    "steps": 2, "resolution": 64}},
-            "tiny": {"architecture": "ddcolor", "source": str(models / "tiny")},
-        },
-        "face_remaster": {"restorer": {"architecture": "gfpgan", "source": str(models / "face")}},
-        "scratch_repair": {"inpainter": {"architecture": "lama", "source": str(models / "lama")}},
+        **model_args(models),
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
         "url_fetch": {"timeout_s": 5, "allow_hosts": ["127.0.0.1"]},
     }
