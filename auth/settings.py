@@ -61,6 +61,9 @@ class AuthSettings(_Strict):
         3600, ge=60, description="how long a success can be replayed; keep it within the life of the links it "
                                  "returns (`storage.url_expiry_seconds` or `storage.retention_seconds`)")
     sweep_interval_s: int = Field(60, ge=1, description="how often a replica releases expired reservations")
+    commit_retry_s: float = Field(
+        10.0, ge=0, le=120, description="a result is delivered only once its charge is committed; the ledger is "
+                                        "retried this long before the answer is 503 (result withheld, nothing charged)")
     app_check: AppCheckSettings = Field(AppCheckSettings(), description="Firebase App Check")
     routes: dict[str, RouteAuth] = Field(
         default_factory=dict, description="the access policy per route (`\"METHOD /path\": policy`), merged over "
