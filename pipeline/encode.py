@@ -1,39 +1,97 @@
-"""Encoding results: PNG (lossless, alpha kept) for the key API, JPEG for the App Check API."""
+"""Encoding results: PNG (lossless, alpha kept) for the key API, JPEG for the App Check API.
+
+Both work through the photo in strips of rows, so a large result is never copied whole: a 49 MP
+RGB result is 147 MB, and a full-size RGBA or float copy per step (what a one-call encoder needs)
+would double or quadruple that while the Ingress holds several jobs.
+"""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
-import cv2
 import numpy as np
 from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STRIP_PIXELS = 1 << 20  # about 1 MP per strip
+_FILTER_UP = 2          # PNG row filter type "Up": each byte minus the byte above it
 
 
 def encode_image(rgb: np.ndarray, fmt: str, *, alpha: np.ndarray | None = None, quality: int = 95) -> bytes:
     """Encode a uint8 RGB array as PNG (keeps alpha) or JPEG (alpha composited on white)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if alpha is not None and alpha.shape != rgb.shape[:2]:
+        raise ValueError(f"alpha {alpha.shape} does not match the image {rgb.shape[:2]}")
     if fmt == "PNG":
-        return _encode_png(rgb, alpha)
-    buffer = io.BytesIO()
+        return encode_png(rgb, alpha)
     if fmt == "JPEG":
-        if alpha is not None:
-            weight = alpha[..., None].astype(np.float32) / 255.0
-            rgb = np.rint(rgb * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=False)
-    else:
-        raise ValueError(f"unsupported output format {fmt!r}")
+        return _encode_jpeg(rgb, alpha, quality)
+    raise ValueError(f"unsupported output format {fmt!r}")
+
+
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
+    """8-bit RGB (or RGBA with ``alpha``) PNG, written strip by strip.
+
+    The "Up" filter on every row and zlib's RLE strategy at level 1, as libpng was configured here
+    before: on 512 px photos 3-4x faster than Pillow's level 3 at about the same size (filtered photo
+    rows compress about as well by run lengths as by LZ77), and ~40% faster than trying every filter
+    per row for 0-5% bigger files. Measured against libpng (cv2.imencode) with the same settings:
+    the same speed and size at 512 px and at 49 MP (within 7%, this one slightly faster)."""
+    height, width = rgb.shape[:2]
+    channels = 3 if alpha is None else 4
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if alpha is None else 6, 0, 0, 0)
+    out = io.BytesIO()  # grows in place, and getvalue() hands over its buffer without a copy
+    out.write(PNG_SIGNATURE)
+    _write_chunk(out, b"IHDR", header)
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    above = np.zeros(width * channels, np.uint8)  # the row above the first one is zeros
+    for rows in _strips(height, width):
+        pixels = rgb[rows] if alpha is None else _rgba(rgb[rows], alpha[rows])
+        pixels = pixels.reshape(len(pixels), width * channels)
+        filtered = np.empty((len(pixels), width * channels + 1), np.uint8)
+        filtered[:, 0] = _FILTER_UP
+        np.subtract(pixels[0], above, out=filtered[0, 1:])  # uint8 arithmetic wraps, as PNG's filters do
+        np.subtract(pixels[1:], pixels[:-1], out=filtered[1:, 1:])
+        above = pixels[-1].copy()
+        compressed = deflate.compress(filtered)
+        if compressed:
+            _write_chunk(out, b"IDAT", compressed)
+    _write_chunk(out, b"IDAT", deflate.flush())
+    _write_chunk(out, b"IEND", b"")
+    return out.getvalue()
+
+
+def _encode_jpeg(rgb: np.ndarray, alpha: np.ndarray | None, quality: int) -> bytes:
+    if alpha is None:
+        image = Image.fromarray(rgb)
+    else:  # composited on white one strip at a time, straight into the image Pillow encodes
+        height, width = rgb.shape[:2]
+        image = Image.new("RGB", (width, height))
+        for rows in _strips(height, width):
+            weight = alpha[rows, :, None].astype(np.float32) / 255.0
+            strip = np.rint(rgb[rows] * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+            image.paste(Image.fromarray(strip), (0, rows.start))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=False)
     return buffer.getvalue()
 
 
-def _encode_png(rgb: np.ndarray, alpha: np.ndarray | None) -> bytes:
-    # libpng, the "up" filter and zlib's RLE strategy: on 512 px photos 3-4x faster than Pillow's
-    # level 3 at about the same size (filtered photo rows compress about as well by run lengths as
-    # by LZ77), and ~40% faster than trying every filter per row for 0-5% bigger files.
-    pixels = cv2.cvtColor(np.dstack([rgb, alpha]), cv2.COLOR_RGBA2BGRA) if alpha is not None \
-        else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-                                             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
-    if not ok:
-        raise ValueError(f"PNG encoding failed for a {rgb.shape} image")
-    return data.tobytes()
+def _rgba(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    rgba = np.empty((*rgb.shape[:2], 4), np.uint8)
+    rgba[..., :3] = rgb
+    rgba[..., 3] = alpha
+    return rgba
+
+
+def _write_chunk(out: io.BytesIO, kind: bytes, data: bytes) -> None:
+    out.write(struct.pack(">I", len(data)) + kind)
+    out.write(data)
+    out.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+
+def _strips(height: int, width: int):
+    step = max(1, STRIP_PIXELS // max(1, width))
+    for start in range(0, height, step):
+        yield slice(start, min(height, start + step))
