@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +38,14 @@ class Admission:
     result_id: str | None = None          # set by the ingress once the result is stored
     response: dict[str, Any] | None = None  # set by the ingress on success
     replay: dict[str, Any] | None = None    # set by admit: the stored body of an earlier success
+    pixel_check: Callable[[int], Awaitable[None]] | None = field(default=None, repr=False)  # set by admit
+
+    async def count_pixels(self, pixels: int) -> None:
+        """The photo's size is known (from its header, before decoding): a rate limit that counts
+        megapixels takes the photo's extra tokens now, or raises AccessDenied (429, Retry-After);
+        leaving ``admit`` with that refusal releases the reservation, so nothing is charged."""
+        if self.pixel_check is not None:
+            await self.pixel_check(pixels)
 
 
 def request_fingerprint(route: str, fields: Iterable[tuple[str, bytes | str]]) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from .access import JobRequest
 from .db import api_keys, idempotency, usage
 from .keys import InvalidKeyFormat, hash_matches, parse_key
-from .ratelimit import take_token
+from .ratelimit import pixel_tokens, take_token
 
 log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -159,6 +159,28 @@ class Ledger:
                 status="in_progress", usage_id=usage_id, created_at=now, expires_at=deadline))
         return Ticket(key_id=key_id, usage_id=usage_id, price=job.price, started_at=now,
                       idempotency_key=idempotency_key)
+
+    def take_pixel_tokens(self, ticket: Ticket, pixels: int, megapixels_per_token: float | None) -> int:
+        """A large photo's extra tokens (``ratelimit.pixel_tokens``), taken from the key's bucket once
+        its size is known; all or none. Raises RateLimited (with the wait) when the bucket is short,
+        leaving it as it was. Returns the tokens taken."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == ticket.key_id).with_for_update()).first()
+            if row is None:
+                return 0
+            burst = row.burst or self.default_burst
+            count = pixel_tokens(pixels, megapixels_per_token, burst=burst)
+            if count == 0:
+                return 0
+            bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
+                                self.default_rate_per_s, burst=burst, count=count)
+            if not bucket.allowed:
+                raise RateLimited(f"rate limit exceeded for this API key: a photo of {pixels / 1e6:.1f} megapixels "
+                                  f"takes {count + 1} tokens; retry after the Retry-After delay", bucket.retry_after_s)
+            conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
+                         .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
+        return count
 
     def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
         """The job succeeded: keep the reserved credits, store the response for replays. Safe to repeat

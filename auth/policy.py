@@ -42,6 +42,7 @@ class PolicyAccess(Access):
         self.policy = settings.route_policy()
         self.sweep_interval_s, self.clock = settings.sweep_interval_s, clock
         self.commit_retry_s = settings.commit_retry_s
+        self.megapixels_per_token = settings.megapixels_per_token
         self.failures = FailureThrottle(rate_per_s=settings.failed_auth_rate_per_s, burst=settings.failed_auth_burst)
         url = settings.effective_database_url(environ)
         self.ledger = ledger or (Ledger(make_engine(url), default_rate_per_s=settings.default_rate_per_s,
@@ -124,7 +125,8 @@ class PolicyAccess(Access):
             raise AccessDenied(503, KEYS_NOT_CONFIGURED)
         self._maybe_sweep()
         ticket = await self._checked(client, self._open(job, headers.get("x-api-key"), headers.get("idempotency-key")))
-        admission = Admission(principal=ticket.key_id, replay=ticket.replay)
+        admission = Admission(principal=ticket.key_id, replay=ticket.replay,
+                              pixel_check=lambda pixels: self._take_pixel_tokens(ticket, pixels))
         try:
             yield admission
         except GeneratorExit:  # closed without finishing (no await allowed here): release in the background
@@ -137,6 +139,10 @@ class PolicyAccess(Access):
             raise
         else:
             await self._commit(ticket, admission)
+
+    async def _take_pixel_tokens(self, ticket: Ticket, pixels: int) -> None:
+        if ticket.replay is None:
+            await self._ledger_call(self.ledger.take_pixel_tokens, ticket, pixels, self.megapixels_per_token)
 
     async def _open(self, job: JobRequest, key: str | None, idempotency_key: str | None) -> Ticket:
         opening = asyncio.ensure_future(asyncio.to_thread(self.ledger.open_job, key, job, idempotency_key))

@@ -11,11 +11,13 @@ class BucketDecision:
     allowed: bool
     tokens: float        # tokens left after this request (allowed) or available now (refused)
     at: float            # time the stored state refers to
-    retry_after_s: int   # refused: whole seconds until one token is back (>= 1); allowed: 0
+    retry_after_s: int   # refused: whole seconds until enough tokens are back (>= 1); allowed: 0
 
 
-def take_token(tokens: float | None, at: float | None, now: float, *, rate_per_s: float, burst: int) -> BucketDecision:
-    """Refill at ``rate_per_s`` up to ``burst`` since ``at``, then take one token if there is one.
+def take_token(tokens: float | None, at: float | None, now: float, *, rate_per_s: float, burst: int,
+               count: int = 1) -> BucketDecision:
+    """Refill at ``rate_per_s`` up to ``burst`` since ``at``, then take ``count`` tokens if there are
+    that many (all or none; ``retry_after_s`` says when there will be).
 
     ``tokens=None`` is a bucket never used (full). A clock that went backwards (replicas on
     different hosts) refills nothing rather than draining the bucket.
@@ -26,9 +28,9 @@ def take_token(tokens: float | None, at: float | None, now: float, *, rate_per_s
     else:
         available = min(float(burst), tokens + max(0.0, now - at) * rate_per_s)
         at = max(at, now)
-    if available >= 1.0:
-        return BucketDecision(True, available - 1.0, at, 0)
-    wait = (1.0 - available) / rate_per_s
+    if available >= count:
+        return BucketDecision(True, available - count, at, 0)
+    wait = (count - available) / rate_per_s
     return BucketDecision(False, available, at, max(1, math.ceil(wait - 1e-9)))
 
 
@@ -58,3 +60,13 @@ class FailureThrottle:
         self._buckets[key] = (decision.tokens if decision.allowed else 0.0, decision.at)
         while len(self._buckets) > self.max_addresses:
             self._buckets.pop(next(iter(self._buckets)))
+
+
+def pixel_tokens(pixels: int, megapixels_per_token: float | None, *, burst: int) -> int:
+    """Tokens a photo takes beyond its request's first: one per started ``megapixels_per_token``
+    beyond the first (None: none). At most ``burst - 1``, so a photo under the pixel limit can
+    always pass once the bucket is full."""
+    if not megapixels_per_token or pixels <= 0:
+        return 0
+    started = math.ceil(pixels / (megapixels_per_token * 1_000_000) - 1e-9)
+    return max(0, min(started - 1, burst - 1))

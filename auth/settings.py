@@ -54,6 +54,11 @@ class AuthSettings(_Strict):
     default_rate_per_s: float = Field(
         1.0, gt=0, le=10_000, description="token bucket refill (requests/s) for keys without their own")
     default_burst: int = Field(10, ge=1, le=100_000, description="token bucket size for keys without their own")
+    megapixels_per_token: float | None = Field(
+        12.0, gt=0, le=1000, description="rate limits count megapixels: a photo takes one more token from its key's "
+                                         "bucket per started this many megapixels beyond the first (12: a 49 MP photo "
+                                         "takes 5 tokens; at most `burst` in all), else 429 with Retry-After and "
+                                         "nothing charged; none: one token per request whatever its size")
     reservation_ttl_s: int = Field(
         900, ge=30, description="a reservation not committed or released by then (its process died) is released "
                                 "by the sweep; must exceed the longest request (upload + `limits.request_timeout_s`)")

@@ -29,6 +29,7 @@ from .app_check_api import AppCheckApi
 from .errors import APP_CHECK_API, KEY_API, error_response
 from .jobs import Jobs, StageRunner
 from .key_api import KeyApi
+from .pixel_budget import PixelBudget
 from .settings import AppSettings
 
 log = logging.getLogger("ray.serve")
@@ -40,7 +41,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStore, access: Access) -> Starlette:
-    jobs = Jobs(runner, store, max_pixels=settings.limits.max_pixels)
+    limits = settings.limits
+    budget = PixelBudget(int(limits.max_megapixels_in_flight * 1_000_000), max_wait_s=limits.pixel_wait_s)
+    jobs = Jobs(runner, store, max_pixels=limits.max_pixels, budget=budget)
 
     def base_url(request: Request) -> str:
         return settings.public_base_url or str(request.base_url).rstrip("/")

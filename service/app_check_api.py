@@ -59,8 +59,7 @@ class AppCheckApi:
         async with self.access.admit(JobRequest("POST /upload"), request.headers, client_address(request)):
             form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=("file",))
             data = _file_bytes(form, "file")
-            image = await self.jobs.decode(data)
-            filename = new_object_name(image.extension)
+            filename = new_object_name(await self.jobs.image_extension(data))
             await self.jobs.put("uploads", filename, data)  # byte-for-byte as sent
         base = self.base_url(request)
         return JSONResponse({"success": True, "image_id": filename.split(".")[0],
@@ -71,8 +70,7 @@ class AppCheckApi:
             form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
                                    allowed=("file", "model", *GUIDANCE_FIELDS))
             plan = JobPlan(model=form.choice("model", COLORIZERS, "large"), **guidance(form))
-            image = await self.jobs.decode(_file_bytes(form, "file"))
-            filename = await self.jobs.run_and_store(plan, image, "JPEG")
+            filename = await self.jobs.run_and_store(plan, _file_bytes(form, "file"), "JPEG")
             admission.result_id = filename
         base, result_id = self.base_url(request), filename.split(".")[0]
         return JSONResponse({"success": True, "result_id": result_id,

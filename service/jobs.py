@@ -2,23 +2,27 @@
 
 The HTTP layer builds a ``JobPlan`` from a request; ``Jobs`` decodes the photo, hands it to a
 ``StageRunner`` (``deployments.graph.Graph`` on Ray; stand-ins in tests), encodes the result and
-stores it. Data flows one way: request -> stages -> storage.
+stores it. Data flows one way: request -> stages -> storage. Decoding, the stages and encoding
+run inside the replica's pixel budget (``service.pixel_budget``), taken before any decoding.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from pipeline.encode import encode_image
-from pipeline.inputs.decode import DecodedImage, decode_image
+from pipeline.inputs.decode import decode_image, image_size
 from storage import InvalidObjectName, ObjectStore, StorageError, StoredObject, content_type_for, new_object_name
 from storage import validate_object_name
 
+from .pixel_budget import NoRoom, PixelBudget
 from .stages import STAGES, StageSpec
 
 log = logging.getLogger("ray.serve")
@@ -29,7 +33,7 @@ class StageUnavailable(Exception):
 
 
 class Overloaded(Exception):
-    """The stages' queues are full: shed now, the client retries after a while."""
+    """The stages' queues or the replica's pixel budget are full: shed now, the client retries after a while."""
 
 
 class StageFailed(Exception):
@@ -69,6 +73,15 @@ class StageRunner(Protocol):
         """The photo after every stage of the plan; raises StageUnavailable, Overloaded or StageFailed."""
 
 
+@asynccontextmanager
+async def _shed_when_full(budget: PixelBudget, pixels: int) -> AsyncIterator[None]:
+    try:
+        async with budget.hold(pixels):
+            yield
+    except NoRoom as exc:
+        raise Overloaded(str(exc)) from None
+
+
 class StoreWriteFailed(Exception):
     """Storing an upload or a result failed (the job's work is lost; nothing is charged)."""
 
@@ -80,22 +93,39 @@ class StoreReadFailed(Exception):
 class Jobs:
     """The work behind both contracts' routes: decode, run the stages, encode, store, read back."""
 
-    def __init__(self, runner: StageRunner, store: ObjectStore, *, max_pixels: int):
+    def __init__(self, runner: StageRunner, store: ObjectStore, *, max_pixels: int,
+                 budget: PixelBudget | None = None):
         self.runner, self.store, self.max_pixels = runner, store, max_pixels
+        self.budget = budget or PixelBudget(1 << 62, max_wait_s=0)  # none given: unbounded
 
-    async def decode(self, data: bytes) -> DecodedImage:
-        return await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+    def pixels(self, data: bytes) -> int:
+        """The photo's pixel count from its header alone (InvalidImageError as decoding would raise)."""
+        width, height = image_size(data, max_pixels=self.max_pixels)
+        return width * height
 
-    async def run_and_store(self, plan: JobPlan, image: DecodedImage, fmt: str) -> str:
-        """Run the plan's stages on the photo and store the result as ``fmt``; the stored name."""
+    async def image_extension(self, data: bytes) -> str:
+        """Decode the photo (in the pixel budget) to prove it is whole; its file extension."""
+        async with self._room(data):
+            image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+            return image.extension
+
+    async def run_and_store(self, plan: JobPlan, data: bytes, fmt: str) -> str:
+        """Decode the photo, run the plan's stages on it and store the result as ``fmt``; the stored
+        name. Stages that are not loaded refuse before the budget is waited for or anything decoded."""
         started = time.perf_counter()
         await self.runner.require(plan)
-        rgb = await self.runner.run(plan, image.rgb)
-        data = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
+        async with self._room(data):
+            image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+            rgb = await self.runner.run(plan, image.rgb)
+            encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
+            del image, rgb  # before the store write: a large photo's arrays leave the budget with it
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
-        await self.put("results", filename, data)
+        await self.put("results", filename, encoded)
         log.info("job %s -> %s in %.3f s", plan, filename, time.perf_counter() - started)
         return filename
+
+    def _room(self, data: bytes):
+        return _shed_when_full(self.budget, self.pixels(data))
 
     async def put(self, kind: str, name: str, data: bytes) -> None:
         try:

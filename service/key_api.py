@@ -40,8 +40,9 @@ class KeyApi:
                          fingerprint=request_fingerprint(COLORIZE_ROUTE, form.items()))  # retries must match
         async with self.access.admit(job, request.headers, client) as admission:
             if admission.replay is None:  # not a retry of a job that already succeeded
-                image = await self.jobs.decode(await self._image(form))
-                filename = await self.jobs.run_and_store(plan, image, "PNG")
+                data = await self._image(form)
+                await admission.count_pixels(self.jobs.pixels(data))  # a large photo's extra tokens (429)
+                filename = await self.jobs.run_and_store(plan, data, "PNG")
                 admission.result_id = filename
                 admission.response = {"outputUrl": self.jobs.store.public_url("results", filename,
                                                                               self.base_url(request))}

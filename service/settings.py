@@ -30,6 +30,13 @@ class LimitSettings(Strict):
     max_upload_mb: float = Field(25.0, gt=0, le=200, description="request body / fetched image limit (413 above)")
     max_pixels: int = Field(50_000_000, ge=1, description="decoded pixel limit (400 above)")
     request_timeout_s: float = Field(120.0, gt=0, description="graph time limit per job")
+    max_megapixels_in_flight: float = Field(
+        64.0, gt=0, description="per Ingress replica: megapixels of photos being decoded, processed and encoded at "
+                                "once (read from each photo's header before decoding); more wait in line, and a "
+                                "photo larger than this runs alone. A 49 MP photo costs ~0.6 GB across the graph")
+    pixel_wait_s: float = Field(
+        30.0, ge=0, le=600, description="how long a photo may wait in line for that budget before it is refused: "
+                                        "429 (key API) or 503 (App Check API) with Retry-After, nothing charged")
 
 
 class UrlFetchSettings(Strict):
