@@ -105,6 +105,3 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
     return engine
 
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
