@@ -44,6 +44,7 @@ CASES = {
     "decompression bomb": ({"image": ("bomb.png", png_bomb(6000, 6000), "image/png")}, 400),
     "negative seed": ({"image": ("a.jpg", JPEG), "seed": (None, "-1")}, 400),
     "seed too big": ({"image": ("a.jpg", JPEG), "seed": (None, str(2**32))}, 400),
+    "seed as a superscript digit": ({"image": ("a.jpg", JPEG), "seed": (None, "²")}, 400),
     "prompt too long": ({"image": ("a.jpg", JPEG), "prompt": (None, "x" * 301)}, 400),
     "prompt with control chars": ({"image": ("a.jpg", JPEG), "prompt": (None, "red\x00car")}, 400),
     "svg": ({"image": ("a.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml")}, 400),
