@@ -22,6 +22,7 @@ from pipeline.errors import ImageTooLargeError, InvalidImageError
 from pipeline.image_text import parse_image_text
 from pipeline.images import CONTENT_TYPES, DecodedImage, decode_image, encode_image
 from pipeline.remote_image import RemoteImageError, fetch_image_bytes
+from service import api_docs
 from storage import InvalidObjectName, StorageError, make_store, new_object_name, validate_object_name
 
 from .forms import ApiError, Form, read_form
@@ -36,6 +37,8 @@ RETRY_AFTER_S = "2"
 HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 V1_FIELDS = ("image", "model", "clean_scratches", "face_remaster", *GUIDANCE_FIELDS)
+UPLOAD_FIELDS = ("file",)
+APP_COLORIZE_FIELDS = ("file", "model", *GUIDANCE_FIELDS)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -51,15 +54,7 @@ class Ingress:
         self.access: Access = PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess()
         if self.settings.auth is None:
             log.warning("no `auth:` configured: every route is open and nothing is charged")
-        self.routes = [
-            Route("/health", self.health, methods=["GET"]),
-            Route("/api/v1/colorize", self.colorize_v1, methods=["POST"]),
-            Route("/upload", self.upload, methods=["POST"]),
-            Route("/colorize", self.colorize_app, methods=["POST"]),
-            Route("/download/{result_id}", self.download, methods=["GET"]),
-            Route("/results/{filename}", partial(self.public_file, "results"), methods=["GET"]),
-            Route("/uploads/{filename}", partial(self.public_file, "uploads"), methods=["GET"]),
-        ]
+        self.routes = route_table(self)
         self._sweeper: asyncio.Task | None = None
 
     async def __call__(self, request: Request) -> Response:
@@ -107,7 +102,7 @@ class Ingress:
 
     async def upload(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /upload"), request.headers):
-            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=("file",))
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=UPLOAD_FIELDS)
             data = _file_bytes(form, "file")
             image = await self._decode(data)
             filename = new_object_name(image.extension)
@@ -118,8 +113,7 @@ class Ingress:
 
     async def colorize_app(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /colorize"), request.headers) as admission:
-            form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
-                                   allowed=("file", "model", *GUIDANCE_FIELDS))
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=APP_COLORIZE_FIELDS)
             plan = JobPlan(model=form.choice("model", MODELS, "large"), **_guidance(form))
             image = await self._decode(_file_bytes(form, "file"))
             filename = await self._run_and_store(plan, image, "JPEG", APP_CHECK_API)
@@ -239,6 +233,22 @@ class Ingress:
         sweep = getattr(self.store, "sweep_expired", None)
         if sweep is not None and self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(_sweep_forever(sweep))
+
+
+def route_table(ingress) -> list[Route]:
+    """Every route served; each is described in service/openapi.py (a test keeps both lists equal)."""
+    return [
+        Route("/health", ingress.health, methods=["GET"]),
+        Route("/api/v1/colorize", ingress.colorize_v1, methods=["POST"]),
+        Route("/upload", ingress.upload, methods=["POST"]),
+        Route("/colorize", ingress.colorize_app, methods=["POST"]),
+        Route("/download/{result_id}", ingress.download, methods=["GET"]),
+        Route("/results/{filename}", partial(ingress.public_file, "results"), methods=["GET"]),
+        Route("/uploads/{filename}", partial(ingress.public_file, "uploads"), methods=["GET"]),
+        Route("/openapi.json", api_docs.openapi_document, methods=["GET"]),
+        Route("/docs", api_docs.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", api_docs.docs_asset, methods=["GET"]),
+    ]
 
 
 def _guidance(form: Form) -> dict[str, Any]:
