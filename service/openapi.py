@@ -29,7 +29,7 @@ RESULT_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{1
 # Assets of the API reference page, all served by the service itself (no CDN).
 DOCS_ASSETS = ("docs.js", "swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
-KEY_API, APP_CHECK_API, ACCOUNT, DOCS = "Key API (seed 000)", "App Check API (seed 003)", "Account", "Documentation"
+KEY_API, APP_CHECK_API, ACCOUNT, DOCS = "Key API (seed 000)", "App Check API (seed 003)", "Account", "Pages"
 
 DESCRIPTION = f"""\
 Colorizes black-and-white photos. One service speaks two contracts:
@@ -43,6 +43,9 @@ Colorizes black-and-white photos. One service speaks two contracts:
 **Errors** are always JSON `{{"detail": "..."}}`, except a request shed by the HTTP proxy when the
 service's queue is full: `503` with a plain-text body and `Retry-After`. An unexpected failure is
 `500 {{"detail": "internal error (request id ...)"}}`.
+
+An unknown route answers `404` and a known route asked with another method `405` with an `Allow`
+header, both `{{"detail": ...}}`.
 
 **Request ids.** Every response carries one `X-Request-Id`: the client's own when the request
 sent one, else a fresh id. The service's logs and 500 details quote it.
@@ -451,7 +454,7 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": KEY_API, "description": "Metered with credits, `X-Api-Key`."},
                  {"name": APP_CHECK_API, "description": "Firebase App Check, `X-Firebase-AppCheck`."},
                  {"name": ACCOUNT, "description": "Balance and prices for key holders."},
-                 {"name": DOCS, "description": "This document and the pages."}],
+                 {"name": DOCS, "description": "The workbench, this reference and its document."}],
         "paths": {
             "/api/v1/colorize": {"post": _v1_colorize()},
             "/api/v1/account": {"get": _account()},

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 # CI runs a fixed, deterministic sample; OPENAPI_FUZZ_EXAMPLES=200,100 runs a longer random hunt.
 _HUNT = os.environ.get("OPENAPI_FUZZ_EXAMPLES")
 EXAMPLES_PER_OPERATION = dict(zip((GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
-                                  map(int, (_HUNT or "12,8").split(","))))
+                                  map(int, (_HUNT or "20,12").split(","))))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
 
