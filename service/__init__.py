@@ -1,1 +1,1 @@
-"""The HTTP layer, free of Ray: routes of both contracts, their OpenAPI description and docs page."""
+"""The service without Ray: app settings, the stage table, and the HTTP API of both contracts."""

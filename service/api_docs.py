@@ -43,8 +43,8 @@ async def docs_page(request: Request) -> Response:
                     headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
 
-async def docs_asset(request: Request, asset: str | None = None) -> Response:
-    asset = asset if asset is not None else request.path_params["asset"]  # Starlette's router, or the ingress's
+async def docs_asset(request: Request) -> Response:
+    asset = request.path_params["asset"]
     if asset not in DOCS_ASSETS:  # a fixed list: never a path built from the request
         return JSONResponse({"detail": "File not found"}, status_code=404)
     media_type = ASSET_TYPES[Path(asset).suffix]

@@ -14,11 +14,13 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from auth.pricing import BASE_CREDITS, CLEAN_SCRATCHES_CREDITS, FACE_REMASTER_CREDITS
-from pipeline.prompts import MAX_PROMPT_CHARS
+from pipeline.inputs.prompts import MAX_PROMPT_CHARS
 from storage import CONTENT_TYPES
 
-MODELS = ("large", "tiny")
+from .stages import ADD_ONS, COLORIZERS, STAGES
+
+MODELS = COLORIZERS
+PRICES = {spec.add_on or spec.name: spec.price for spec in STAGES}  # colorizers by name, add-ons by field
 MAX_SEED = 2**32 - 1  # what the form accepts (the colorizer itself takes up to 2**63 - 1)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 IMAGE_TYPES = sorted(set(CONTENT_TYPES.values()))  # what /uploads serves: uploads keep their format
@@ -158,15 +160,15 @@ def _v1_colorize() -> dict[str, Any]:
                       {"type": "string", "minLength": 1, "description": "http(s) URL, base64 or data URL.",
                        "examples": ["https://example.com/old-photo.jpg"]}]},
         "model": MODEL_FIELD,
-        "clean_scratches": _flag(f"Smart Damage Repair: scratch and dust repair first (+{CLEAN_SCRATCHES_CREDITS} "
-                                 "credit)."),
-        "face_remaster": _flag(f"AI Clarity Boost: face restoration last (+{FACE_REMASTER_CREDITS} credits)."),
+        "clean_scratches": _flag(f"Smart Damage Repair: scratch and dust repair first "
+                                 f"(+{PRICES['clean_scratches']} credit)."),
+        "face_remaster": _flag(f"AI Clarity Boost: face restoration last (+{PRICES['face_remaster']} credits)."),
         **GUIDANCE_FIELDS,
     }
     return {
         "tags": [KEY_API], "operationId": "colorizeWithKey", "summary": "Colorize a photo (metered)",
         "description": f"Runs the job and answers a public, time-limited URL of the colorized PNG (alpha kept). "
-                       f"Costs {BASE_CREDITS} credit, plus the add-ons; credits are reserved before any work and "
+                       f"Costs {PRICES['large']} credit, plus the add-ons; credits are reserved before any work and "
                        "charged only when the job succeeds.",
         "security": [{"ApiKey": []}],
         "parameters": [_ref("Idempotency-Key", "parameters"), _ref("X-Request-Id", "parameters")],
@@ -406,11 +408,11 @@ def _components() -> dict[str, Any]:
                 "properties": {
                     "unit": {"const": "credits"},
                     "models": {"type": "object", "required": list(MODELS), "additionalProperties": False,
-                               "properties": {name: {"const": BASE_CREDITS} for name in MODELS}},
-                    "addOns": {"type": "object", "required": ["clean_scratches", "face_remaster"],
-                               "additionalProperties": False,
-                               "properties": {"clean_scratches": {"const": CLEAN_SCRATCHES_CREDITS},
-                                              "face_remaster": {"const": FACE_REMASTER_CREDITS}}}}},
+                               "properties": {name: {"const": PRICES[name]} for name in MODELS}},
+                    "addOns": {"type": "object", "required": list(ADD_ONS), "additionalProperties": False,
+                               "properties": {name: {"const": PRICES[name]} for name in ADD_ONS}}},
+                "examples": [{"unit": "credits", "models": {name: PRICES[name] for name in MODELS},
+                              "addOns": {name: PRICES[name] for name in ADD_ONS}}]},
         },
         "parameters": {
             "Idempotency-Key": {"name": "Idempotency-Key", "in": "header", "required": False,

@@ -8,23 +8,32 @@ import re
 
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
-from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service import api_docs
-from service.openapi import DOCS_ASSETS, MAX_SEED, MODELS, documented_routes, openapi_document
+from auth import OpenAccess
+from service.app import build_http_app
+from service.openapi import DOCS_ASSETS, MAX_SEED, MODELS, PRICES, documented_routes, openapi_document
+from service.settings import AppSettings
+from service.stages import ADD_ONS, COLORIZERS, STAGES
+from storage import LocalStore
 
 # Described here, served once branch `browser` (workbench, account, pricing) is merged. Remove
 # each entry when its route is served: test_every_served_route_is_documented_and_back fails until then.
 NOT_YET_SERVED = {("GET", "/"), ("GET", "/api/v1/account"), ("GET", "/api/v1/pricing")}
 
 
-def served_routes() -> set[tuple[str, str]]:
-    from deployments.ingress import Ingress, route_table
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The real HTTP app; its stage runner is never called by these tests."""
+    model = {"architecture": "ddcolor", "source": str(tmp_path_factory.mktemp("no-weights"))}
+    settings = AppSettings.model_validate({"colorizers": {name: model for name in COLORIZERS}})
+    return build_http_app(settings, runner=None, store=LocalStore(tmp_path_factory.mktemp("store")),
+                          access=OpenAccess())
 
+
+def served_routes(app) -> set[tuple[str, str]]:
     served = set()
-    for route in route_table(Ingress.func_or_class):
+    for route in app.routes:
         methods = set(route.methods) - {"HEAD"}  # Starlette adds HEAD to every GET route
         served |= {(method, route.path) for method in methods}
     return served
@@ -41,30 +50,36 @@ def test_the_document_is_valid_openapi_3_1():
     OpenAPIV31SpecValidator(document).validate()  # raises with the first error
 
 
-def test_every_served_route_is_documented_and_back():
-    served, documented = served_routes(), documented_routes()
+def test_every_served_route_is_documented_and_back(app):
+    served, documented = served_routes(app), documented_routes()
     assert served - documented == set(), "served but not in service/openapi.py"
     assert documented - served == NOT_YET_SERVED, "documented but not served (or served and still listed pending)"
 
 
 def test_form_fields_are_the_ones_the_routes_accept():
-    from deployments import ingress
+    from service import app_check_api, key_api
 
-    assert form_fields("/api/v1/colorize") == set(ingress.V1_FIELDS)
-    assert form_fields("/colorize") == set(ingress.APP_COLORIZE_FIELDS)
-    assert form_fields("/upload") == set(ingress.UPLOAD_FIELDS)
+    assert form_fields("/api/v1/colorize") == set(key_api.COLORIZE_FIELDS)
+    assert form_fields("/colorize") == set(app_check_api.COLORIZE_FIELDS)
+    assert form_fields("/upload") == set(app_check_api.UPLOAD_FIELDS)
 
 
-def test_models_and_seed_range_match_the_code():
-    from deployments import ingress
-    from deployments.forms import ApiError, Form, FormPart
+def test_models_prices_and_seed_range_match_the_code():
+    from service.errors import ApiError
+    from service.forms import Form, FormPart
+    from service.key_api import guidance
 
-    assert MODELS == ingress.MODELS
-    colorize = openapi_document()["paths"]["/colorize"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    document = openapi_document()
+    assert MODELS == COLORIZERS
+    pricing = document["components"]["schemas"]["Pricing"]
+    assert pricing["examples"] == [{"unit": "credits", "models": {name: PRICES[name] for name in COLORIZERS},
+                                    "addOns": {name: PRICES[name] for name in ADD_ONS}}]
+    assert sum(spec.price for spec in STAGES) == sum(PRICES.values()) and PRICES["face_remaster"] == 2
+    colorize = document["paths"]["/colorize"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert colorize["schema"]["properties"]["seed"]["maximum"] == MAX_SEED
-    assert ingress._guidance(Form({"seed": FormPart(value=str(MAX_SEED))}))["seed"] == MAX_SEED
+    assert guidance(Form({"seed": FormPart(value=str(MAX_SEED))}))["seed"] == MAX_SEED
     with pytest.raises(ApiError):
-        ingress._guidance(Form({"seed": FormPart(value=str(MAX_SEED + 1))}))
+        guidance(Form({"seed": FormPart(value=str(MAX_SEED + 1))}))
 
 
 def test_every_operation_declares_its_errors_and_the_request_id():
@@ -79,9 +94,7 @@ def test_every_operation_declares_its_errors_and_the_request_id():
 
 
 @pytest.fixture(scope="module")
-def docs_client():
-    app = Starlette(routes=[Route("/openapi.json", api_docs.openapi_document), Route("/docs", api_docs.docs_page),
-                            Route("/docs/{asset}", api_docs.docs_asset)])
+def docs_client(app):
     with TestClient(app) as client:
         yield client
 
@@ -107,3 +120,10 @@ def test_the_document_is_served_as_json(docs_client):
     response = docs_client.get("/openapi.json")
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json() == openapi_document()
+
+
+def test_unknown_routes_and_methods_answer_as_documented(docs_client):
+    assert docs_client.get("/nope").json() == {"detail": "Not Found"}
+    wrong = docs_client.put("/openapi.json")
+    assert wrong.status_code == 405 and wrong.json() == {"detail": "Method Not Allowed"}
+    assert "GET" in wrong.headers["allow"]
