@@ -222,7 +222,9 @@ def _upload() -> dict[str, Any]:
         "requestBody": _form({"file": _file_field("Image file (JPEG, PNG, WebP, TIFF, BMP, GIF).")}, ["file"],
                              {"file": _image_encoding()}),
         "responses": {
-            "200": _response("Uploaded.", _json(_ref("UploadResult"))),
+            "200": {**_response("Uploaded.", _json(_ref("UploadResult"))), "links": {
+                "UploadedFile": {"operationId": "publicUploads", "parameters": {"filename": "$response.body#/filename"},
+                                 "description": "The uploaded file (`image_url`)."}}},
             "400": _error("Not multipart; `file` missing, not a file, or not a readable image; an unknown field."),
             "401": _error("Missing or invalid App Check token."),
             "413": _error("The request body is over the upload limit."),
@@ -240,7 +242,11 @@ def _colorize_app() -> dict[str, Any]:
         "requestBody": _form({"file": _file_field("Image file (JPEG, PNG, WebP, TIFF, BMP, GIF)."),
                               "model": MODEL_FIELD, **GUIDANCE_FIELDS}, ["file"], {"file": _image_encoding()}),
         "responses": {
-            "200": _response("Colorized.", _json(_ref("ColorizeResult"))),
+            "200": {**_response("Colorized.", _json(_ref("ColorizeResult"))), "links": {
+                "Download": {"operationId": "download", "parameters": {"result_id": "$response.body#/result_id"},
+                             "description": "The result through the API (`api_download_url`)."},
+                "PublicResult": {"operationId": "publicResults", "parameters": {"filename": "$response.body#/filename"},
+                                 "description": "The result's public URL (`download_url`)."}}},
             "400": _error("Not multipart; `file` missing, not a file, not a readable image or over the pixel limit; "
                           "a bad `model`, `prompt` or `seed`; an unknown field."),
             "401": _error("Missing or invalid App Check token."),

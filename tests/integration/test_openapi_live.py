@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 _HUNT = os.environ.get("OPENAPI_FUZZ_EXAMPLES")
 EXAMPLES_PER_OPERATION = dict(zip((GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
                                   map(int, (_HUNT or "20,12").split(","))))
+STATEFUL_EXAMPLES = 40
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
 
@@ -116,6 +117,27 @@ def _fuzz(operation, mode: GenerationMode, credentials: dict[str, str], statuses
             f"answered {response.status_code} without credentials:\n{case.as_curl_command()}"
 
     check()
+
+
+def test_linked_requests_conform(live_schema, credentials):
+    """The document's links (upload -> its file, colorize -> download and public result), followed
+    by schemathesis's state machine: stored files come back as documented, not only 404s."""
+    statuses: dict[str, Counter] = {}
+
+    class Workflow(live_schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"headers": credentials, "timeout": 60}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            statuses.setdefault(case.operation.label, Counter())[response.status_code] += 1
+            case.validate_response(response, checks=CHECKS)
+
+    Workflow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=3, deadline=None,
+                                   derandomize=not _HUNT, database=None, phases=[Phase.generate],
+                                   suppress_health_check=list(HealthCheck)))
+    print("\n".join(f"{label}: {dict(sorted(counts.items()))}" for label, counts in sorted(statuses.items())))
+    for linked in ("GET /uploads/{filename}", "GET /results/{filename}", "GET /download/{result_id}"):
+        assert statuses.get(linked, Counter())[200] > 0, (linked, statuses)
 
 
 def test_undocumented_methods_answer_405_with_allow(service):
