@@ -54,8 +54,9 @@ sent one, else a fresh id. The service's logs and 500 details quote it.
 
 **Browsers (CORS).** Every route answers cross-origin requests and `OPTIONS` preflights from the
 origins listed in the service's `cors.allow_origins` setting (the demo allows any origin),
-allowing the request headers `X-Api-Key`, `X-Firebase-AppCheck`, `Idempotency-Key` and
-`Content-Type`, and exposing `X-Request-Id`, `Retry-After` and `X-Credits-Remaining`.
+allowing `GET` and `POST` with the request headers `X-Api-Key`, `X-Firebase-AppCheck`,
+`Idempotency-Key`, `Content-Type` and `X-Request-Id`, and exposing `X-Request-Id`, `Retry-After` and
+`X-Credits-Remaining`. A preflight from an origin that is not allowed answers `400 {{"detail": ...}}`.
 
 **Limits.** A request body (and an image fetched from a URL) may be at most `limits.max_upload_mb`
 (25 MB by default; 413 above), and a decoded image at most `limits.max_pixels` (50 megapixels by
@@ -194,7 +195,9 @@ def _v1_colorize() -> dict[str, Any]:
             "502": _error("The image URL was unreachable or answered 5xx; a stage or the storage failed. Nothing "
                           "is charged.", extra_headers=_credits_header()),
             "503": _unavailable("The requested model (or add-on) is not loaded; API keys are not configured on "
-                                "this server; the credit ledger is unreachable (with `Retry-After`)."),
+                                "this server; the credit ledger is unreachable (with `Retry-After`), also when the "
+                                "job's charge could not be committed: then the result is withheld and nothing is "
+                                "charged."),
         },
     }
 
@@ -293,8 +296,7 @@ def _public_file(kind: str, media_types: list[str], what: str, source: str) -> d
                         "schema": {"type": "string", "pattern": OBJECT_NAME}},
                        _ref("X-Request-Id", "parameters")],
         "responses": {
-            **_file_responses(media_types, "The image.", {"Cache-Control": {"schema": {"type": "string"},
-                                                                            "description": "public, max-age=3600"}}),
+            **_file_responses(media_types, "The image.", {"Cache-Control": _cache_control("public, max-age=3600")}),
             "404": _error("No such file (never issued, or expired)."),
             "503": _unavailable("Storage is unavailable (with `Retry-After`)."),
         },
@@ -306,7 +308,8 @@ def _account() -> dict[str, Any]:
         "tags": [ACCOUNT], "operationId": "account", "summary": "The calling key's balance and rate limit",
         "security": [{"ApiKey": []}], "parameters": [_ref("X-Request-Id", "parameters")],
         "responses": {
-            "200": _response("The key's account.", _json(_ref("Account"))),
+            "200": _response("The key's account.", _json(_ref("Account")),
+                             {**_credits_header(), "Cache-Control": _cache_control("no-store")}),
             "401": _error("`X-Api-Key` missing, malformed, unknown or revoked."),
             "503": _unavailable("API keys are not configured on this server, or the credit ledger is unreachable."),
         },
@@ -318,15 +321,22 @@ def _pricing() -> dict[str, Any]:
         "tags": [ACCOUNT], "operationId": "pricing", "summary": "Credits per job, to show a price before sending",
         "description": "A job costs its model's price plus each enabled add-on's.",
         "security": [], "parameters": [_ref("X-Request-Id", "parameters")],
-        "responses": {"200": _response("The price table.", _json(_ref("Pricing"))),
+        "responses": {"200": _response("The price table.", _json(_ref("Pricing")),
+                                       {"Cache-Control": _cache_control("public, max-age=300")}),
                       "503": _unavailable()},
     }
 
 
-def _page(operation_id: str, summary: str, description: str, tag: str) -> dict[str, Any]:
-    return {"tags": [tag], "operationId": operation_id, "summary": summary, "description": description,
+def _cache_control(value: str) -> dict[str, Any]:
+    return {"description": value, "schema": {"type": "string"}}
+
+
+def _page(operation_id: str, summary: str, description: str, media_type: str = "text/html") -> dict[str, Any]:
+    return {"tags": [DOCS], "operationId": operation_id, "summary": summary, "description": description,
             "security": [], "parameters": [_ref("X-Request-Id", "parameters")],
-            "responses": {"200": _response("The page.", {"text/html": {"schema": {"type": "string"}}}),
+            "responses": {"200": _response("The file.", {media_type: {"schema": {"type": "string"}}},
+                                           {"Content-Security-Policy": {"schema": {"type": "string"}, "description":
+                                                                        "Nothing loads from other origins."}}),
                           "503": _unavailable()}}
 
 
@@ -439,8 +449,8 @@ def _components() -> dict[str, Any]:
             "Access-Control-Allow-Origin": {"description": "Sent when the request's `Origin` is allowed (CORS).",
                                             "schema": {"type": "string"}},
             "Retry-After": _RETRY_AFTER,
-            "X-Credits-Remaining": {"description": "The key's balance after this request, on key-API responses "
-                                                   "from an authenticated key.",
+            "X-Credits-Remaining": {"description": "The key's balance after this request (charged or released), "
+                                                   "on key-API answers once the key is identified.",
                                     "schema": {"type": "integer", "minimum": 0}},
         },
         "securitySchemes": {
@@ -476,10 +486,13 @@ def _document() -> dict[str, Any]:
             "/uploads/{filename}": {"get": _public_file("uploads", IMAGE_TYPES, "An uploaded image (public)",
                                                         "`POST /upload`")},
             "/": {"get": _page("workbench", "The web workbench", "Colorize photos in the browser: drop photos, pick "
-                               "a model and add-ons, see each result beside its original.", DOCS)},
+                               "a model and add-ons, see each result beside its original. Served unless the "
+                               "setting `workbench` is false.")},
+            "/workbench.js": {"get": _page("workbenchScript", "The workbench's script", "", "text/javascript")},
+            "/workbench.css": {"get": _page("workbenchStyles", "The workbench's styles", "", "text/css")},
             "/openapi.json": {"get": _openapi_json()},
             "/docs": {"get": _page("docs", "API reference", "This document, rendered (Swagger UI, served by the "
-                                   "service itself).", DOCS)},
+                                   "service itself).")},
             "/docs/{asset}": {"get": _docs_asset()},
         },
         "components": _components(),
