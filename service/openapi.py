@@ -118,6 +118,15 @@ def _unavailable(reasons: str = "") -> dict[str, Any]:
     return _error(f"{reasons} {shed}".strip(), retry_after="sometimes", shed=True)
 
 
+def _throttled() -> dict[str, Any]:
+    return _error("Too many failed authentications from this address (counted per client address).",
+                  retry_after="always")
+
+
+NOSNIFF = {"X-Content-Type-Options": {"required": True, "schema": {"const": "nosniff"},
+                                      "description": "Stored files are only ever the image type they are."}}
+
+
 def _credits_header(on_success: bool = False) -> dict[str, Any]:
     if on_success and CREDITS_ON_SUCCESS:  # a success always knows the key's balance
         return {"X-Credits-Remaining": {**_CREDITS_REMAINING, "required": True}}
@@ -199,10 +208,11 @@ def _v1_colorize() -> dict[str, Any]:
                           "running.", extra_headers=_credits_header()),
             "413": _error("The request body, or the image fetched from the URL, is over the upload limit.",
                           extra_headers=_credits_header()),
-            "429": _error("The key's rate limit (a token bucket), or the service's queues are full.",
+            "429": _error("The key's rate limit (a token bucket); the service's queues are full; too many failed "
+                          "authentications from this address.",
                           retry_after="always", extra_headers=_credits_header()),
-            "502": _error("The image URL was unreachable or answered 5xx; a stage or the storage failed. Nothing "
-                          "is charged.", extra_headers=_credits_header()),
+            "502": _error("The image URL was unreachable or answered 5xx; a stage or the storage failed (the "
+                          "detail quotes the request id). Nothing is charged.", extra_headers=_credits_header()),
             "503": _unavailable("The requested model (or add-on) is not loaded; API keys are not configured on "
                                 "this server; the credit ledger is unreachable (with `Retry-After`), also when the "
                                 "job's charge could not be committed: then the result is withheld and nothing is "
@@ -225,6 +235,21 @@ def _health() -> dict[str, Any]:
     }
 
 
+def _admin_status() -> dict[str, Any]:
+    return {
+        "tags": [APP_CHECK_API], "operationId": "adminStatus", "summary": "Every stage's full status (admins)",
+        "description": "Model source, load time, node, batch sizes and load errors: what `/health` leaves out.",
+        "security": [{"AdminToken": []}], "parameters": [_ref("X-Request-Id", "parameters")],
+        "responses": {
+            "200": _response("Each stage's status.", _json(_ref("AdminStatus"))),
+            "401": _error("The admin token is missing or wrong.", extra_headers={
+                "WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}}),
+            "404": _error("No admin token is configured on this server: the route does not exist."),
+            "503": _unavailable(),
+        },
+    }
+
+
 def _upload() -> dict[str, Any]:
     return {
         "tags": [APP_CHECK_API], "operationId": "upload", "summary": "Upload an image",
@@ -240,6 +265,7 @@ def _upload() -> dict[str, Any]:
             "400": _error("Not multipart; `file` missing, not a file, or not a readable image; an unknown field."),
             "401": _error("Missing or invalid App Check token."),
             "413": _error("The request body is over the upload limit."),
+            "429": _throttled(),
             "500": _error("The image could not be stored."),
             "503": _unavailable("App Check is not configured on this server."),
         },
@@ -263,7 +289,8 @@ def _colorize_app() -> dict[str, Any]:
                           "a bad `model`, `prompt` or `seed`; an unknown field."),
             "401": _error("Missing or invalid App Check token."),
             "413": _error("The request body is over the upload limit."),
-            "500": _error("Colorization or storing the result failed."),
+            "429": _throttled(),
+            "500": _error("Colorization or storing the result failed (the detail quotes the request id)."),
             "503": _unavailable("The colorization model is not loaded; the model queues are full (with "
                                 "`Retry-After`); App Check is not configured on this server."),
         },
@@ -287,9 +314,11 @@ def _download() -> dict[str, Any]:
         "responses": {
             **_file_responses(RESULT_TYPES, "The colorized image, as an attachment.",
                               {"Content-Disposition": {"required": True, "schema": {"type": "string"},
-                                                       "description": 'attachment; filename="<result_id>.jpg"'}}),
+                                                       "description": 'attachment; filename="<result_id>.jpg"'},
+                               **NOSNIFF}),
             "401": _error("Missing or invalid App Check token."),
             "404": _error("No such result (never issued, or expired)."),
+            "429": _throttled(),
             "503": _unavailable("Storage is unavailable (with `Retry-After`); App Check is not configured on this "
                                 "server."),
         },
@@ -305,7 +334,8 @@ def _public_file(kind: str, media_types: list[str], what: str, source: str) -> d
                         "schema": {"type": "string", "pattern": OBJECT_NAME}},
                        _ref("X-Request-Id", "parameters")],
         "responses": {
-            **_file_responses(media_types, "The image.", {"Cache-Control": _cache_control("public, max-age=3600")}),
+            **_file_responses(media_types, "The image.", {"Cache-Control": _cache_control("public, max-age=3600"),
+                                                          **NOSNIFF}),
             "404": _error("No such file (never issued, or expired)."),
             "503": _unavailable("Storage is unavailable (with `Retry-After`)."),
         },
@@ -320,6 +350,7 @@ def _account() -> dict[str, Any]:
             "200": _response("The key's account.", _json(_ref("Account")),
                              {**_credits_header(on_success=True), "Cache-Control": _cache_control("no-store")}),
             "401": _error("`X-Api-Key` missing, malformed, unknown or revoked."),
+            "429": _throttled(),
             "503": _unavailable("API keys are not configured on this server, or the credit ledger is unreachable."),
         },
     }
@@ -373,13 +404,17 @@ def _docs_asset() -> dict[str, Any]:
 def _components() -> dict[str, Any]:
     stage_status = {
         "type": "object", "required": ["loaded"],
-        "description": "A stage's own report: whether its model is loaded, and what it runs.",
+        "description": "A stage's full report, for admins: whether its model is loaded, and what it runs.",
         "properties": {"loaded": {"type": "boolean"},
+                       "architecture": {"type": "string"}, "source": {"type": "string"},
+                       "load_seconds": {"type": "number"},
                        "error": {"type": "string", "description": "Why the model is not loaded or not reachable."},
                        "batch_sizes": {"type": "object", "additionalProperties": {"type": "integer"},
                                        "description": "How many batches of each size it has run."},
                        "node_id": {"type": "string"}},
         "additionalProperties": True}
+    loaded_only = {"type": "object", "required": ["loaded"], "additionalProperties": False,
+                   "properties": {"loaded": {"type": "boolean"}}}
     url = {"type": "string", "format": "uri"}
     return {
         "schemas": {
@@ -406,6 +441,12 @@ def _components() -> dict[str, Any]:
                                               "api_download_url": {**url, "description": "`/download/{result_id}`"},
                                               "filename": {"type": "string", "pattern": OBJECT_NAME}}},
             "StageStatus": stage_status,
+            "StageLoaded": loaded_only,
+            "AdminStatus": {"type": "object", "required": ["stages"], "additionalProperties": False,
+                            "properties": {"stages": {"type": "object", "required": [spec.name for spec in STAGES],
+                                                      "additionalProperties": False,
+                                                      "properties": {spec.name: _ref("StageStatus")
+                                                                     for spec in STAGES}}}},
             "Health": {
                 "type": "object", "required": ["status", "model_loaded", "models", "stages"],
                 "additionalProperties": False,
@@ -413,10 +454,10 @@ def _components() -> dict[str, Any]:
                     "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
                     "model_loaded": {"type": "boolean", "description": "At least one colorization model is loaded."},
                     "models": {"type": "object", "required": list(MODELS), "additionalProperties": False,
-                               "properties": {name: _ref("StageStatus") for name in MODELS}},
+                               "properties": {name: _ref("StageLoaded") for name in MODELS}},
                     "stages": {"type": "object", "required": ["scratch_repair", "face_remaster"],
                                "additionalProperties": False,
-                               "properties": {name: _ref("StageStatus") for name in ("scratch_repair",
+                               "properties": {name: _ref("StageLoaded") for name in ("scratch_repair",
                                                                                      "face_remaster")}},
                     "detail": {"type": "string", "description": "Only when unhealthy."}}},
             "Account": {
@@ -461,6 +502,9 @@ def _components() -> dict[str, Any]:
             "X-Credits-Remaining": _CREDITS_REMAINING,
         },
         "securitySchemes": {
+            "AdminToken": {"type": "http", "scheme": "bearer",
+                           "description": "The value of the environment variable named by `admin_token_env` "
+                                          "(`COLORIZE_ADMIN_TOKEN`)."},
             "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
                        "description": "An end-user API key, `ck_live_<key id>_<secret>` (`colorize-admin keys "
                                       "create`; `make demo` prints one)."},
@@ -472,7 +516,7 @@ def _components() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _document() -> dict[str, Any]:
-    return {
+    return _with_host_check({
         "openapi": "3.1.0",
         "info": {"title": "Photo colorization", "version": "0.1.0", "description": DESCRIPTION,
                  "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
@@ -485,6 +529,7 @@ def _document() -> dict[str, Any]:
             "/api/v1/account": {"get": _account()},
             "/api/v1/pricing": {"get": _pricing()},
             "/health": {"get": _health()},
+            "/admin/status": {"get": _admin_status()},
             "/upload": {"post": _upload()},
             "/colorize": {"post": _colorize_app()},
             "/download/{result_id}": {"get": _download()},
@@ -503,7 +548,21 @@ def _document() -> dict[str, Any]:
             "/docs/{asset}": {"get": _docs_asset()},
         },
         "components": _components(),
-    }
+    })
+
+
+def _with_host_check(document: dict[str, Any]) -> dict[str, Any]:
+    """Every route answers 400 to a request whose Host is not trusted, before any work."""
+    untrusted = "The request's `Host` is not trusted (`allowed_hosts`): `{\"detail\": \"Invalid host header\"}`."
+    for item in document["paths"].values():
+        for operation in item.values():
+            responses = operation["responses"]
+            if "400" in responses:
+                responses["400"]["description"] += " " + untrusted
+            else:
+                responses["400"] = _error(untrusted)
+            operation["responses"] = dict(sorted(responses.items()))
+    return document
 
 
 def openapi_document() -> dict[str, Any]:

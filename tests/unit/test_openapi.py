@@ -96,7 +96,7 @@ def test_every_operation_declares_its_errors_and_the_request_id():
 
 @pytest.fixture(scope="module")
 def docs_client(app):
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a trusted Host
         yield client
 
 
@@ -128,3 +128,5 @@ def test_unknown_routes_and_methods_answer_as_documented(docs_client):
     wrong = docs_client.put("/openapi.json")
     assert wrong.status_code == 405 and wrong.json() == {"detail": "Method Not Allowed"}
     assert "GET" in wrong.headers["allow"]
+    untrusted = docs_client.get("/openapi.json", headers={"Host": "evil.example"})
+    assert untrusted.status_code == 400 and untrusted.json() == {"detail": "Invalid host header"}
