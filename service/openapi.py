@@ -489,13 +489,14 @@ def _components() -> dict[str, Any]:
                                 "schema": {"type": "string", "minLength": 1,
                                            "maxLength": MAX_IDEMPOTENCY_KEY_CHARS}},
             "X-Request-Id": {"name": "X-Request-Id", "in": "header", "required": False,
-                             "description": "Optional: your own id for this request, echoed in `X-Request-Id` "
-                                            "(an empty one is echoed empty).",
-                             "schema": {"type": "string", "minLength": 1}},
+                             "description": "Optional: your own id for this request, echoed in `X-Request-Id`. "
+                                            "Kept only when short and plain (this pattern); otherwise the service "
+                                            "makes a fresh one.",
+                             "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}},
         },
         "headers": {
-            "X-Request-Id": {"description": "This request's id (yours, if you sent one).", "required": True,
-                             "schema": {"type": "string"}},
+            "X-Request-Id": {"description": "This request's id (yours, if you sent a usable one).", "required": True,
+                             "schema": {"type": "string", "minLength": 1}},
             "Access-Control-Allow-Origin": {"description": "Sent when the request's `Origin` is allowed (CORS).",
                                             "schema": {"type": "string"}},
             "Retry-After": _RETRY_AFTER,

@@ -83,6 +83,13 @@ def test_models_prices_and_seed_range_match_the_code():
         guidance(Form({"seed": FormPart(value=str(MAX_SEED + 1))}))
 
 
+def test_the_request_id_rule_is_the_apps():
+    from service.app import _REQUEST_ID
+
+    parameter = openapi_document()["components"]["parameters"]["X-Request-Id"]
+    assert parameter["schema"]["pattern"] == f"^{_REQUEST_ID.pattern}$"
+
+
 def test_every_operation_declares_its_errors_and_the_request_id():
     for path, item in openapi_document()["paths"].items():
         for method, operation in item.items():
