@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from auth import Access
 from storage import ObjectStore
 
+from . import api_docs
 from .app_check_api import AppCheckApi
 from .errors import APP_CHECK_API, KEY_API, error_response
 from .jobs import Jobs, StageRunner
@@ -56,6 +57,10 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
         Route("/admin/status", on(APP_CHECK_API, app_check_api.admin_status), methods=["GET"]),
+        # Every route is described in service/openapi.py (tests/unit/test_openapi.py keeps both lists equal).
+        Route("/openapi.json", api_docs.openapi_document, methods=["GET"]),
+        Route("/docs", api_docs.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", api_docs.docs_asset, methods=["GET"]),
     ]
 
     @asynccontextmanager

@@ -118,6 +118,8 @@ BAD_FORMS = {  # name: (form parts, the reason the client reads)
                       f"unknown field 'modle'; this route accepts: {FIELDS}"),
     "seed out of range": ([("image", ("a.jpg", JPEG)), ("seed", (TEXT, str(2**32)))],
                           "field 'seed' must be a whole number from 0 to 4294967295"),
+    "seed as a superscript digit": ([("image", ("a.jpg", JPEG)), ("seed", (TEXT, "\u00b2"))],
+                                    "field 'seed' must be a whole number from 0 to 4294967295"),
     "prompt too long": ([("image", ("a.jpg", JPEG)), ("prompt", (TEXT, "x" * 301))],
                         re.compile(r"field 'prompt': .*300.*")),
     "bad base64": ([("image", (TEXT, "!!!not base64!!!"))],
