@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from auth import AccessDenied
 from pipeline.errors import ImageTooLargeError, InvalidImageError
 from pipeline.inputs.remote_image import RemoteImageError
+from storage import StorageError
 
 from .jobs import Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
 
@@ -53,6 +54,7 @@ ERROR_TABLE: dict[type[BaseException], Outcome] = {
     StageFailed: Outcome(502, 500, "processing failed on our side (request id {request_id}); retry later"),
     StoreWriteFailed: Outcome(502, 500, "could not store the image; retry later"),
     StoreReadFailed: Outcome(503, 503, "storage is unavailable; retry later", RETRY_AFTER_S),
+    StorageError: Outcome(502, 500, "storage failed on our side (request id {request_id}); retry later"),
 }
 
 
