@@ -19,22 +19,24 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .access import JobRequest
+from .access import Account, JobRequest
 from .db import api_keys, idempotency, usage
 from .keys import InvalidKeyFormat, hash_matches, parse_key
 from .ratelimit import take_token
 
 log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+INVALID_KEY = "missing or invalid API key (send it in the X-Api-Key header)"
 
 
 class Refusal(Exception):
     """The ledger refuses the request; ``status`` is the HTTP status to answer with."""
     status = 400
 
-    def __init__(self, detail: str, retry_after_s: int | None = None):
+    def __init__(self, detail: str, retry_after_s: int | None = None, credits_remaining: int | None = None):
         super().__init__(detail)
         self.detail, self.retry_after_s = detail, retry_after_s
+        self.credits_remaining = credits_remaining  # the key's balance, once the key was identified
 
 
 class Unauthorized(Refusal):
@@ -62,6 +64,7 @@ class Ticket:
     started_at: float = 0.0
     idempotency_key: str | None = None
     replay: dict[str, Any] | None = None
+    balance: int = 0  # the key's credits once this ticket was opened (its price already taken out)
 
 
 class Ledger:
@@ -74,21 +77,13 @@ class Ledger:
 
     def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
         """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
-        try:
-            presented = parse_key(presented_key or "")
-        except InvalidKeyFormat:
-            raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)") from None
+        presented = _parse(presented_key)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Refusal(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         now = self.clock()
         refusal: Refusal | None = None
         with self.engine.begin() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)
-                               .with_for_update()).first()
-            if not hash_matches(row.key_hash if row else None, presented.key_hash):
-                raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)")
-            if row.revoked_at is not None:
-                raise Unauthorized("this API key has been revoked")
+            row = self._authenticated_row(conn, presented, lock=True)
             bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
                                 self.default_rate_per_s, burst=row.burst or self.default_burst)
             if not bucket.allowed:
@@ -98,15 +93,35 @@ class Ledger:
             else:
                 conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
                              .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
-                ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now)
+                ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now, row.balance)
                 if isinstance(ticket_or_refusal, Refusal):
                     refusal = ticket_or_refusal
                 else:
                     return ticket_or_refusal
+            refusal.credits_remaining = row.balance  # nothing was taken: the row as locked
         raise refusal  # raised after the commit, so the bucket and the usage row are kept
 
+    def account(self, presented_key: str | None) -> Account:
+        """The presented key's own account: balance and effective rate limit. Charges nothing,
+        takes no rate-limit token, writes nothing."""
+        presented = _parse(presented_key)
+        with self.engine.connect() as conn:
+            row = self._authenticated_row(conn, presented, lock=False)
+        return Account(key_id=row.key_id, name=row.name or None, credits=row.balance,
+                       rate_per_s=row.rate_per_s or self.default_rate_per_s, burst=row.burst or self.default_burst)
+
+    @staticmethod
+    def _authenticated_row(conn: Connection, presented, *, lock: bool):
+        query = select(api_keys).where(api_keys.c.key_id == presented.key_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
+        if not hash_matches(row.key_hash if row else None, presented.key_hash):
+            raise Unauthorized(INVALID_KEY)
+        if row.revoked_at is not None:
+            raise Unauthorized("this API key has been revoked")
+        return row
+
     def _idempotent_reserve(self, conn: Connection, key_id: str, job: JobRequest, idempotency_key: str | None,
-                            now: float) -> Ticket | Refusal:
+                            now: float, balance: int) -> Ticket | Refusal:
         if idempotency_key is not None:
             earlier = conn.execute(select(idempotency).where(
                 idempotency.c.key_id == key_id, idempotency.c.idempotency_key == idempotency_key)).first()
@@ -121,7 +136,8 @@ class Ledger:
                 if earlier.status == "in_progress":
                     return IdempotencyConflict("a request with this Idempotency-Key is still in progress; "
                                                "retry once it has finished")
-                return Ticket(key_id=key_id, idempotency_key=idempotency_key, replay=json.loads(earlier.response))
+                return Ticket(key_id=key_id, idempotency_key=idempotency_key, replay=json.loads(earlier.response),
+                              balance=balance)
         reserved = conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.balance >= job.price)
                                 .values(balance=api_keys.c.balance - job.price))
         if reserved.rowcount != 1:
@@ -136,12 +152,13 @@ class Ledger:
                 key_id=key_id, idempotency_key=idempotency_key, fingerprint=job.fingerprint or "",
                 status="in_progress", usage_id=usage_id, created_at=now, expires_at=deadline))
         return Ticket(key_id=key_id, usage_id=usage_id, price=job.price, started_at=now,
-                      idempotency_key=idempotency_key)
+                      idempotency_key=idempotency_key, balance=balance - job.price)  # the row is locked
 
-    def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
-        """The job succeeded: keep the reserved credits, store the response for replays."""
+    def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> int | None:
+        """The job succeeded: keep the reserved credits, store the response for replays.
+        Returns the key's balance after the charge (None for a replay: nothing changed)."""
         if ticket.usage_id is None:
-            return  # a replay: nothing was reserved
+            return None  # a replay: nothing was reserved
         now = self.clock()
         with self.engine.begin() as conn:
             settled = conn.execute(update(usage).where(usage.c.id == ticket.usage_id, usage.c.status == "reserved")
@@ -164,11 +181,13 @@ class Ledger:
                     idempotency.c.usage_id == ticket.usage_id).values(
                     status="succeeded", response=json.dumps(body, default=str),
                     expires_at=now + self.idempotency_ttl_s))
+            return _balance(conn, ticket.key_id)
 
-    def fail_job(self, ticket: Ticket, note: str) -> None:
-        """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried."""
+    def fail_job(self, ticket: Ticket, note: str) -> int | None:
+        """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried.
+        Returns the key's balance after the release (None for a replay: nothing changed)."""
         if ticket.usage_id is None:
-            return
+            return None
         now = self.clock()
         with self.engine.begin() as conn:
             self._release(conn, ticket.usage_id, ticket.key_id, ticket.price, note, now, ticket.started_at)
@@ -176,6 +195,7 @@ class Ledger:
                 conn.execute(delete(idempotency).where(
                     idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
                     idempotency.c.usage_id == ticket.usage_id, idempotency.c.status == "in_progress"))
+            return _balance(conn, ticket.key_id)
 
     def sweep(self, limit: int = 500) -> int:
         """Give back reservations past their deadline (their process died) and drop expired
@@ -214,6 +234,17 @@ class Ledger:
                         idempotency_key: str | None) -> None:
         conn.execute(usage.insert().values(**_job_columns(key_id, job, idempotency_key), status="refused",
                                            note=note, started_at=now, finished_at=now, duration_s=0.0))
+
+
+def _parse(presented_key: str | None):
+    try:
+        return parse_key(presented_key or "")
+    except InvalidKeyFormat:
+        raise Unauthorized(INVALID_KEY) from None
+
+
+def _balance(conn: Connection, key_id: str) -> int:
+    return conn.execute(select(api_keys.c.balance).where(api_keys.c.key_id == key_id)).scalar_one()
 
 
 def _job_columns(key_id: str, job: JobRequest, idempotency_key: str | None) -> dict[str, Any]:

@@ -22,14 +22,13 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .access import Access, AccessDenied, Admission, JobRequest
+from .access import KEYS_NOT_CONFIGURED, Access, AccessDenied, Account, Admission, JobRequest
 from .app_check import APP_CHECK_DENIED, AppCheckRejected, AppCheckVerifier
 from .db import make_engine
-from .ledger import Ledger, Refusal, Ticket
+from .ledger import Ledger, Refusal, Ticket, Unauthorized
 from .settings import AuthSettings
 
 log = logging.getLogger(__name__)
-KEYS_NOT_CONFIGURED = "API key access is not enabled or not configured on this server"
 APP_CHECK_NOT_CONFIGURED = "App Check is not enabled or not configured on this server"
 LEDGER_UNAVAILABLE_RETRY_S = "5"
 
@@ -83,7 +82,7 @@ class PolicyAccess(Access):
             raise AccessDenied(503, KEYS_NOT_CONFIGURED)
         self._maybe_sweep()
         ticket = await self._open(job, headers.get("x-api-key"), headers.get("idempotency-key"))
-        admission = Admission(principal=ticket.key_id, replay=ticket.replay)
+        admission = Admission(principal=ticket.key_id, replay=ticket.replay, credits_remaining=ticket.balance)
         try:
             yield admission
         except GeneratorExit:  # closed without finishing (no await allowed here): release in the background
@@ -92,11 +91,13 @@ class PolicyAccess(Access):
         except BaseException as exc:  # including CancelledError: the client went away
             note = "cancelled (client went away)" if isinstance(exc, asyncio.CancelledError) \
                 else f"{type(exc).__name__}: {exc}"
-            await self._settle(self.ledger.fail_job, ticket, note[:500])
+            balance = await self._settle(self.ledger.fail_job, ticket, note[:500])
+            admission.credits_remaining = admission.credits_remaining if balance is None else balance
             raise
         else:
-            await self._settle(self.ledger.finish_job, ticket, result_id=admission.result_id,
-                               response=admission.response)
+            balance = await self._settle(self.ledger.finish_job, ticket, result_id=admission.result_id,
+                                         response=admission.response)
+            admission.credits_remaining = admission.credits_remaining if balance is None else balance
 
     async def _open(self, job: JobRequest, key: str | None, idempotency_key: str | None) -> Ticket:
         opening = asyncio.ensure_future(asyncio.to_thread(self.ledger.open_job, key, job, idempotency_key))
@@ -108,7 +109,20 @@ class PolicyAccess(Access):
             raise
         except Refusal as refusal:
             retry = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
-            raise AccessDenied(refusal.status, refusal.detail, retry) from None
+            raise AccessDenied(refusal.status, refusal.detail, retry, refusal.credits_remaining) from None
+        except SQLAlchemyError:
+            log.exception("credit ledger unavailable")
+            raise AccessDenied(503, "the credit ledger is unavailable; retry later",
+                               {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+
+    async def account(self, headers: Mapping[str, str]) -> Account:
+        if self.ledger is None:
+            raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+        key = {name.lower(): value for name, value in headers.items()}.get("x-api-key")
+        try:
+            return await asyncio.to_thread(self.ledger.account, key)
+        except Unauthorized as refusal:
+            raise AccessDenied(refusal.status, refusal.detail) from None
         except SQLAlchemyError:
             log.exception("credit ledger unavailable")
             raise AccessDenied(503, "the credit ledger is unavailable; retry later",
@@ -118,16 +132,17 @@ class PolicyAccess(Access):
         if not opening.cancelled() and opening.exception() is None:
             self._spawn(asyncio.to_thread(self.ledger.fail_job, opening.result(), "cancelled (client went away)"))
 
-    async def _settle(self, settle: Callable[..., None], ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+    async def _settle(self, settle: Callable[..., int | None], ticket: Ticket, *args: Any, **kwargs: Any) -> int | None:
         """Commit or release; shielded so a second cancellation cannot skip it. A ledger error
-        here is logged, not raised: the job already ran, and the sweep releases what is left."""
+        here is logged, not raised: the job already ran, and the sweep releases what is left.
+        Returns the key's balance after settling (None when unknown or unchanged)."""
         task = self._spawn(asyncio.to_thread(settle, ticket, *args, **kwargs))
         try:
-            await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             raise
         except Exception:
-            pass  # logged by _spawn's callback
+            return None  # logged by _spawn's callback
 
     def _maybe_sweep(self) -> None:
         now = self.clock()
