@@ -400,8 +400,8 @@ function renderCompare(item, size) {
   after.src = item.resultUrl;
   const divider = document.createElement("span");
   divider.className = "divider";
-  const beforeTag = Object.assign(document.createElement("span"), { className: "tag before", textContent: "Before" });
-  const afterTag = Object.assign(document.createElement("span"), { className: "tag after", textContent: "After" });
+  const beforeTag = Object.assign(document.createElement("span"), { className: "tag tag-before", textContent: "Before" });
+  const afterTag = Object.assign(document.createElement("span"), { className: "tag tag-after", textContent: "After" });
   const slider = document.createElement("input");
   slider.type = "range";
   slider.min = "0";

@@ -239,8 +239,8 @@ def open_workbench(context, app, key: str):
     page = context.new_page()
     errors = console_errors(page)
     page.goto(f"{app['url']}/")
-    page.get_by_label("API key").fill(key)
-    page.get_by_label("API key").press("Tab")  # the key is read when the field is left
+    page.get_by_role("textbox", name="API key").fill(key)
+    page.get_by_role("textbox", name="API key").press("Tab")  # the key is read when the field is left
     return page, errors
 
 
@@ -254,12 +254,13 @@ def test_workbench_colorizes_three_photos(app, pages, context, tmp_path):
     page.get_by_text("Balance: 50 credits").wait_for()
     names = ["coffee.jpg", "astronaut.jpg", "camera.jpg"]
     add_photos(page, pages, names)
-    page.get_by_label("tiny").check()
     page.get_by_label("Scratch and dust repair").check()
     assert page.locator("#price").inner_text() == \
         "2 credits per photo × 3 photos = 6 credits. Charged only for photos that succeed."
     page.get_by_label("Scratch and dust repair").uncheck()
     assert page.locator("#start").inner_text() == "Colorize 3 photos (3 credits)"
+    page.get_by_label("Prompt").fill("a red cup, a blue sky, a green lawn")  # the text-guided model's options
+    page.get_by_label("Seed").fill("7")
     page.locator("#start").click()
 
     cards = page.locator(".card")
@@ -278,6 +279,17 @@ def test_workbench_colorizes_three_photos(app, pages, context, tmp_path):
         assert card.get_by_role("img", name=f"Colorized: {name}").evaluate("i => [i.naturalWidth, i.naturalHeight]") \
             == [width, height]
 
+    # The prompt and seed were sent: the same photo, prompt and seed give the same colours.
+    output_urls = cards.evaluate_all("cards => cards.map(c => c.dataset.outputUrl)")
+    again = httpx.post(f"{app['url']}/api/v1/colorize", headers={"X-Api-Key": key}, timeout=60,
+                       files={"image": ("coffee.jpg", (pages["root"] / "coffee.jpg").read_bytes())},
+                       data={"model": "large", "prompt": "a red cup, a blue sky, a green lawn", "seed": "7"})
+    assert again.status_code == 200 and again.headers["x-credits-remaining"] == "46"
+    same = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+            for data in (stored_result(app, output_urls[0]), stored_result(app, again.json()["outputUrl"]))]
+    difference = np.abs(same[0] - same[1])
+    assert difference.max() <= 2 and (difference > 0).mean() < 0.02  # batched vs alone: kernels round apart
+
     # The slider, by keyboard: focus it and move the divider.
     slider = cards.nth(0).get_by_role("slider")
     slider.focus()
@@ -290,7 +302,6 @@ def test_workbench_colorizes_three_photos(app, pages, context, tmp_path):
         cards.nth(1).get_by_role("link", name="Download the colorized astronaut.jpg").click()
     download = caught.value
     assert download.suggested_filename == "astronaut-colorized.png"
-    output_urls = cards.evaluate_all("cards => cards.map(c => c.dataset.outputUrl)")
     assert Path(download.path()).read_bytes() == stored_result(app, output_urls[1])
 
     # Download all: a ZIP of the three results.
@@ -374,9 +385,9 @@ def test_workbench_at_phone_width_and_by_keyboard(app, pages, browser):
         page.keyboard.press("Tab")  # skip link
         assert page.evaluate("document.activeElement.textContent") == "Skip to the photos"
         page.get_by_label("large").check()
-        assert page.locator("#guidance").is_enabled()
+        assert page.get_by_label("Prompt").is_enabled() and page.get_by_label("Seed").is_enabled()
         page.get_by_label("tiny").check()
-        assert page.locator("#guidance").is_disabled()
+        assert page.get_by_label("Prompt").is_disabled() and page.get_by_label("Seed").is_disabled()
         assert page_errors(errors) == []
     finally:
         context.close()
