@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,10 +25,12 @@ from auth import Access
 from storage import ObjectStore
 
 from .app_check_api import AppCheckApi
-from .errors import APP_CHECK_API, KEY_API, error_response
+from .cors import cors_middleware
+from .errors import APP_CHECK_API, CREDITS_HEADER, KEY_API, error_response
 from .jobs import Jobs, StageRunner
-from .key_api import KeyApi
+from .key_api import KeyApi, credits_remaining
 from .settings import AppSettings
+from .workbench import workbench_routes
 
 log = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "x-request-id"
@@ -46,12 +49,15 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
     app_check_api = AppCheckApi(settings, jobs, access, base_url)
     routes = [
         Route("/api/v1/colorize", on(KEY_API, key_api.colorize), methods=["POST"]),
+        Route("/api/v1/account", on(KEY_API, key_api.account), methods=["GET"]),
+        Route("/api/v1/pricing", on(KEY_API, key_api.pricing), methods=["GET"]),
         Route("/health", on(APP_CHECK_API, app_check_api.health), methods=["GET"]),
         Route("/upload", on(APP_CHECK_API, app_check_api.upload), methods=["POST"]),
         Route("/colorize", on(APP_CHECK_API, app_check_api.colorize), methods=["POST"]),
         Route("/download/{result_id}", on(APP_CHECK_API, app_check_api.download), methods=["GET"]),
         Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
+        *(workbench_routes() if settings.workbench else []),
     ]
 
     @asynccontextmanager
@@ -61,19 +67,23 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         if sweeper is not None:
             sweeper.cancel()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
-    app.add_middleware(RequestIdMiddleware)
-    return app
+    # CORS outermost, so that every answer (errors and unknown routes included) carries its headers.
+    middleware = [*cors_middleware(settings.cors), Middleware(RequestIdMiddleware)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                     exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
 
 
 def on(contract: str, endpoint: Endpoint) -> Endpoint:
     """``endpoint`` answering its failures the way ``contract`` documents them (service.errors)."""
     async def answer(request: Request) -> Response:
         try:
-            return await endpoint(request)
+            response = await endpoint(request)
         except Exception as exc:
-            return error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
+            response = error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
+        credits = credits_remaining(request)
+        if credits is not None:
+            response.headers[CREDITS_HEADER] = str(credits)
+        return response
     answer.__name__ = endpoint.__name__
     return answer
 

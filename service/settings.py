@@ -15,6 +15,7 @@ from auth import AuthSettings
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
+from .cors import CorsSettings
 from .stages import STAGES, StageSpec
 
 
@@ -65,6 +66,8 @@ class AppSettings(_StageSections):
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = LimitSettings()
     url_fetch: UrlFetchSettings = UrlFetchSettings()
+    cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
+    workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
 
     @field_validator("public_base_url")
     @classmethod
