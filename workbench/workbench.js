@@ -26,7 +26,7 @@ const state = {
 // ---- price and balance -------------------------------------------------------------------
 
 function options() {
-  const model = $('input[name="model"]:checked').value;
+  const model = $('input[name="model"]:checked')?.value ?? "large";  // none checked: no colorizer is loaded
   const large = model === "large";
   const seed = $("#seed").value.trim();
   return {
