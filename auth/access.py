@@ -70,22 +70,30 @@ def request_fingerprint(route: str, fields: Iterable[tuple[str, bytes | str]]) -
 
 
 class Access(ABC):
-    @abstractmethod
-    def admit(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
-        """Async context manager: raise AccessDenied to refuse; the body is the job.
-        Leaving the body normally means success (charge); an exception means failure (no charge)."""
+    async def identify(self, route: str, headers: Mapping[str, str], client: str | None = None) -> None:
+        """Check the caller's credentials from the headers alone, before a request body is read:
+        raise AccessDenied (401, 429, 503) to refuse. ``admit`` still decides for real."""
 
     @abstractmethod
-    async def account(self, headers: Mapping[str, str]) -> Account:
-        """The presented API key's own account (charges nothing); raise AccessDenied (401, 503)."""
+    def admit(self, job: JobRequest, headers: Mapping[str, str],
+              client: str | None = None) -> AsyncIterator[Admission]:
+        """Async context manager: raise AccessDenied to refuse; the body is the job.
+        Leaving the body normally means success (charge); an exception means failure (no charge).
+        ``client`` is the caller's address (failed attempts are throttled per address)."""
+
+    @abstractmethod
+    async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
+        """The presented API key's own account (charges nothing); raise AccessDenied (401, 429 after
+        repeated failures from ``client``, 503)."""
 
 
 class OpenAccess(Access):
     """No authentication configured: every caller is admitted and nothing is charged."""
 
     @asynccontextmanager
-    async def admit(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
+    async def admit(self, job: JobRequest, headers: Mapping[str, str],
+                    client: str | None = None) -> AsyncIterator[Admission]:
         yield Admission(principal="anonymous")
 
-    async def account(self, headers: Mapping[str, str]) -> Account:
+    async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
         raise AccessDenied(503, KEYS_NOT_CONFIGURED)

@@ -56,6 +56,13 @@ class AuthSettings(_Strict):
     # (storage.url_expiry_seconds for MinIO, retention_seconds for local storage).
     idempotency_ttl_s: int = Field(3600, ge=60)
     sweep_interval_s: int = Field(60, ge=1)
+    # A result is delivered only once its charge is committed; the ledger is retried this long
+    # before the answer is 503 (result withheld, nothing charged).
+    commit_retry_s: float = Field(10.0, ge=0, le=120)
+    # Failed authentications (API keys, App Check tokens) per client address and process: a bucket
+    # of this size, refilled at this rate; an empty bucket answers 429 before credentials are read.
+    failed_auth_rate_per_s: float = Field(0.5, gt=0, le=1000)
+    failed_auth_burst: int = Field(20, ge=1, le=100_000)
     app_check: AppCheckSettings = AppCheckSettings()
     routes: dict[str, RouteAuth] = Field(default_factory=dict)  # merged over DEFAULT_ROUTES
 

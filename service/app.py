@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,7 +25,7 @@ from auth import Access
 from storage import ObjectStore
 
 from .app_check_api import AppCheckApi
-from .cors import cors_middleware
+from .cors import add_cors
 from .errors import APP_CHECK_API, CREDITS_HEADER, KEY_API, error_response
 from .jobs import Jobs, StageRunner
 from .key_api import KeyApi, credits_remaining
@@ -57,6 +57,7 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         Route("/download/{result_id}", on(APP_CHECK_API, app_check_api.download), methods=["GET"]),
         Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
+        Route("/admin/status", on(APP_CHECK_API, app_check_api.admin_status), methods=["GET"]),
         *(workbench_routes() if settings.workbench else []),
     ]
 
@@ -67,10 +68,16 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         if sweeper is not None:
             sweeper.cancel()
 
-    # CORS outermost, so that every answer (errors and unknown routes included) carries its headers.
-    middleware = [*cors_middleware(settings.cors), Middleware(RequestIdMiddleware)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                     exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
+    # Links are built from the request's host unless public_base_url is set: only trusted hosts.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts()), www_redirect=False)
+    # Cross-origin pages (cors.allow_origins): outside the host check, so even its refusal is
+    # readable by them, and inside JsonErrors, which re-sends a refused preflight as {"detail"}.
+    add_cors(app, settings.cors)
+    app.add_middleware(JsonErrors)  # middlewares' own plain-text refusals in the documented shape
+    app.add_middleware(RequestIdMiddleware)
+    return app
 
 
 def on(contract: str, endpoint: Endpoint) -> Endpoint:
@@ -90,6 +97,43 @@ def on(contract: str, endpoint: Endpoint) -> Endpoint:
 
 async def _routing_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+class JsonErrors:
+    """Refusals that middlewares answer themselves (e.g. "Invalid host header") come as plain text;
+    clients of both contracts parse ``{"detail": ...}``, so such answers are re-sent as JSON."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: Message | None = None
+        body = bytearray()
+
+        async def rewrite(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = MutableHeaders(scope=message).get("content-type", "")
+                if message["status"] >= 400 and content_type.startswith("text/plain"):
+                    start = message  # hold it until the body is complete
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                detail = body.decode("utf-8", errors="replace").strip()
+                response = JSONResponse({"detail": detail}, status_code=start["status"])
+                headers = MutableHeaders(scope=start)
+                for name in ("content-type", "content-length"):
+                    del headers[name]
+                response.raw_headers = headers.raw + response.raw_headers
+                await response(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
 
 
 class RequestIdMiddleware:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 
 from pydantic import Field, field_validator, model_validator
-from starlette.middleware import Middleware
+from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse, Response
 
 from pipeline.weights.settings import Strict
 
@@ -51,22 +50,11 @@ class CorsSettings(Strict):
         return self
 
 
-class _CorsMiddleware(CORSMiddleware):
-    """Starlette's middleware; a refused preflight answers in the API's error shape ({"detail"})."""
-
-    def preflight_response(self, request_headers) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code != 400:
-            return response
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        return JSONResponse({"detail": response.body.decode()}, status_code=400, headers=headers)
-
-
-def cors_middleware(settings: CorsSettings) -> list[Middleware]:
-    """The middleware for ``settings``; none when no origin is allowed."""
-    if not settings.allow_origins:
-        return []
-    return [Middleware(_CorsMiddleware, allow_origins=list(settings.allow_origins),
-                       allow_credentials=settings.allow_credentials, allow_methods=list(ALLOW_METHODS),
-                       allow_headers=list(ALLOW_HEADERS), expose_headers=list(EXPOSE_HEADERS),
-                       max_age=settings.max_age_s)]
+def add_cors(app: Starlette, settings: CorsSettings) -> None:
+    """Starlette's ``CORSMiddleware`` for ``settings`` around ``app``'s routes; nothing when no
+    origin is allowed (a preflight then meets the routes' own 405)."""
+    if settings.allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins),
+                           allow_credentials=settings.allow_credentials, allow_methods=list(ALLOW_METHODS),
+                           allow_headers=list(ALLOW_HEADERS), expose_headers=list(EXPOSE_HEADERS),
+                           max_age=settings.max_age_s)

@@ -15,7 +15,7 @@ from pipeline.inputs.image_text import parse_image_text
 from pipeline.inputs.remote_image import fetch_image_bytes
 
 from .errors import ApiError
-from .forms import Form, read_form
+from .forms import Form, client_address, read_form
 from .jobs import JobPlan, Jobs
 from .settings import AppSettings
 from .stages import ADD_ONS, COLORIZERS, STAGES
@@ -46,6 +46,8 @@ class KeyApi:
         self.settings, self.jobs, self.access, self.base_url = settings, jobs, access, base_url
 
     async def colorize(self, request: Request) -> Response:
+        client = client_address(request)
+        await self.access.identify(COLORIZE_ROUTE, request.headers, client)  # 401/429 before reading the body
         form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
         plan = JobPlan(model=form.choice("model", COLORIZERS, "large"),
                        add_ons=frozenset(field for field in ADD_ONS if form.flag(field)), **guidance(form))
@@ -54,7 +56,7 @@ class KeyApi:
                          fingerprint=request_fingerprint(COLORIZE_ROUTE, form.items()))  # retries must match
         admission = None
         try:
-            async with self.access.admit(job, request.headers) as admission:
+            async with self.access.admit(job, request.headers, client) as admission:
                 if admission.replay is None:  # not a retry of a job that already succeeded
                     image = await self.jobs.decode(await self._image(form))
                     filename = await self.jobs.run_and_store(plan, image, "PNG")
@@ -68,7 +70,7 @@ class KeyApi:
 
     async def account(self, request: Request) -> Response:
         """The presented key's own balance and rate limit; charges nothing."""
-        account = await self.access.account(request.headers)
+        account = await self.access.account(request.headers, client_address(request))
         request.state.credits_remaining = account.credits
         return JSONResponse({"keyId": account.key_id, "name": account.name, "credits": account.credits,
                              "rateLimit": {"perSecond": account.rate_per_s, "burst": account.burst}},

@@ -12,11 +12,15 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from auth import AuthSettings
+from pipeline.inputs.remote_image import normalize_origin
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
 from .cors import CorsSettings
 from .stages import STAGES, StageSpec
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(ValueError):
@@ -33,7 +37,12 @@ class UrlFetchSettings(Strict):
     timeout_s: float = Field(10.0, gt=0, le=120, description="whole-fetch time limit for image URLs")
     max_redirects: int = Field(5, ge=0, le=20, description="redirects followed (each one re-checked)")
     allow_hosts: tuple[str, ...] = Field(
-        (), description="hosts exempt from the private-address check (tests, intranets)")
+        (), description="origins (`scheme://host:port`) exempt from the private-address check (tests, intranets)")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_origin(origin) for origin in value)  # a bare host would open all its ports
 
 
 def _stage_sections() -> dict[str, Any]:
@@ -63,11 +72,27 @@ class AppSettings(_StageSections):
     model_cache_dir: Path = Field(Path("data/model-cache"), description="where each node keeps downloaded weights")
     model_store: ModelStoreSettings | None = Field(None, description="the bucket `s3://` model sources read")
     storage: StorageSettings = Field(default_factory=LocalStoreSettings, description="`local` or `minio` (below)")
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None, description="`Host` names requests may carry (Starlette's TrustedHostMiddleware, `*.example.com` "
+                          "patterns); default: any when `public_base_url` is set, else only loopback names, since "
+                          "links are then built from the request's own host")
+    admin_token_env: str = Field(
+        "COLORIZE_ADMIN_TOKEN", description="env var holding the bearer token of `GET /admin/status` "
+                                            "(stage details: model sources, nodes, batch sizes, errors); unset: off")
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = LimitSettings()
     url_fetch: UrlFetchSettings = UrlFetchSettings()
     cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
     workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            if not pattern or ("*" in pattern[1:]) or (pattern.startswith("*") and pattern not in ("*",)
+                                                       and not pattern.startswith("*.")):
+                raise ValueError(f"{pattern!r}: use a host name, `*.example.com` or `*`")
+        return value
 
     @field_validator("public_base_url")
     @classmethod
@@ -75,6 +100,11 @@ class AppSettings(_StageSections):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return ("*",) if self.public_base_url else LOOPBACK_HOSTS
 
     def stage_settings(self, spec: StageSpec) -> Strict:
         """The section of ``spec`` (e.g. ``colorizers.large``)."""

@@ -13,6 +13,11 @@ from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noq
 from tests.helpers import free_port
 
 
+# The one origin the services under test may fetch image URLs from (a loopback file server's).
+URL_SERVER_PORT = free_port()
+URL_SERVER = f"http://127.0.0.1:{URL_SERVER_PORT}"
+
+
 def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overrides) -> dict:
     args = {
         "auth": {"database_url": f"sqlite:///{root / 'ledger.sqlite3'}", "database_url_env": None,
@@ -20,7 +25,7 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
         **model_args(models),
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
-        "url_fetch": {"timeout_s": 5, "allow_hosts": ["127.0.0.1"]},
+        "url_fetch": {"timeout_s": 5, "allow_hosts": [URL_SERVER]},
     }
     args.update(overrides)
     return args
@@ -46,6 +51,7 @@ def serve_cluster():
     os.environ.setdefault("MINIO_SECRET_KEY", "test-secret-key")
     os.environ.setdefault("MODEL_STORE_ACCESS_KEY", "test-access-key")
     os.environ.setdefault("MODEL_STORE_SECRET_KEY", "test-secret-key")
+    os.environ.setdefault("COLORIZE_ADMIN_TOKEN", "test-admin-token")  # GET /admin/status
     # The Ray settings `make demo` uses on CPU-only machines (the multi-node test covers Ray's defaults).
     for name, value in CPU_RAY_ENV.items():
         os.environ.setdefault(name, value)

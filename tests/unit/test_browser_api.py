@@ -55,7 +55,7 @@ def make_app(tmp_path: Path, *, cors: dict | None = None, auth: bool = True, wor
 def keyed(tmp_path: Path):
     app, access = make_app(tmp_path, cors={"allow_origins": [PAGE_ORIGIN]})
     accounts = Accounts(access.ledger.engine)
-    with TestClient(app, base_url="http://colorize.test") as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         yield client, accounts
     access.close()
 
@@ -97,7 +97,7 @@ def test_other_origins_get_no_cors_and_a_json_refusal(keyed):
 
 def test_without_listed_origins_there_is_no_cors(tmp_path: Path):
     app, access = make_app(tmp_path)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         response = client.options("/api/v1/colorize", headers={"Origin": PAGE_ORIGIN,
                                                                "Access-Control-Request-Method": "POST"})
         assert response.status_code == 405 and "access-control-allow-origin" not in response.headers
@@ -106,7 +106,7 @@ def test_without_listed_origins_there_is_no_cors(tmp_path: Path):
 
 def test_any_origin_for_the_demo(tmp_path: Path):
     app, access = make_app(tmp_path, cors={"allow_origins": ["*"]})
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         response = client.get("/api/v1/pricing", headers={"Origin": "http://localhost:5173"})
         assert response.headers["access-control-allow-origin"] == "*"
     access.close()
@@ -143,7 +143,7 @@ def test_account_reads_the_key_and_charges_nothing(keyed):
 
 def test_account_without_keys_configured_is_503(tmp_path: Path):
     app, _ = make_app(tmp_path, auth=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         response = client.get("/api/v1/account", headers={"X-Api-Key": "ck_live_x"})
         assert response.status_code == 503 and "not enabled" in response.json()["detail"]
 
@@ -159,7 +159,7 @@ def test_credits_remaining_on_failures_and_refusals(tmp_path: Path):
     app, access = make_app(tmp_path)
     accounts = Accounts(access.ledger.engine)
     key = accounts.create_key(credits=3, rate_per_s=0.001, burst=3).key
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         def colorize(**form):
             return client.post("/api/v1/colorize", headers={"X-Api-Key": key}, files={"image": ("a.jpg", JPEG)},
                                data={"model": "tiny", **form})
@@ -182,7 +182,7 @@ def test_credits_remaining_on_403_and_unavailable_models(tmp_path: Path):
     app, access = make_app(tmp_path, failure=StageUnavailable("the 'tiny' colorization model is not loaded"))
     accounts = Accounts(access.ledger.engine)
     key = accounts.create_key(credits=2).key
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         def colorize(**form):
             return client.post("/api/v1/colorize", headers={"X-Api-Key": key}, files={"image": ("a.jpg", JPEG)},
                                data={"model": "tiny", **form})
@@ -197,7 +197,7 @@ def test_credits_remaining_on_403_and_unavailable_models(tmp_path: Path):
 
 def test_the_workbench_is_served_at_the_root(tmp_path: Path):
     app, access = make_app(tmp_path)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -210,7 +210,7 @@ def test_the_workbench_is_served_at_the_root(tmp_path: Path):
         assert client.get("/index.html").status_code == 404
     access.close()
     app, access = make_app(tmp_path, workbench=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         assert client.get("/").status_code == 404
     access.close()
 
