@@ -105,6 +105,16 @@ function renderAccount() {
     `then ${rate.perSecond} per second`, a.credits === 0);
 }
 
+// Answers to concurrent jobs can arrive out of order, so once nothing is in flight the balance
+// is read again: the last word is the ledger's.
+async function refreshBalance() {
+  if (!state.account || !state.key) return;
+  try {
+    const response = await fetch(api("api/v1/account"), { headers: { "X-Api-Key": state.key } });
+    if (response.ok) setCredits((await response.json()).credits);
+  } catch { /* keep what the last answer said */ }
+}
+
 async function loadAccount() {
   state.account = null;
   state.bucket = null;
@@ -290,6 +300,7 @@ async function finished(item, status, text, header) {
   }
   renderPrice();
   pump();
+  if (state.inFlight === 0 && !state.items.some((other) => other.state === "queued")) refreshBalance();
 }
 
 function failed(item, status, detail, retryAfterS) {
