@@ -52,13 +52,14 @@ def _stage_sections() -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     for spec in STAGES:
         head, *member = spec.section
+        about = f"the {spec.label} stage (deployment `{spec.deployment}`)"
         if member:
-            groups.setdefault(head, {})[member[0]] = (spec.settings, ...)
+            groups.setdefault(head, {})[member[0]] = (spec.settings, Field(..., description=about))
         else:
-            fields[head] = (spec.settings, Field(default_factory=spec.settings))
+            fields[head] = (spec.settings, Field(default_factory=spec.settings, description=about))
     for head, members in groups.items():
         group = create_model(f"{head.title()}Section", __base__=Strict, **members)
-        fields[head] = (group, ...)
+        fields[head] = (group, Field(..., description=f"one entry per stage: {', '.join(members)}"))
     return fields
 
 
@@ -68,10 +69,11 @@ _StageSections = create_model("StageSections", __base__=Strict, **_stage_section
 class AppSettings(_StageSections):
     """The app's ``args`` in serve_config.yaml; the stage sections come from ``service.stages``."""
     public_base_url: str | None = Field(
-        None, description="base of links in responses, e.g. `https://colorize.example.com`; default: from the request")
+        None, description="base of links in responses, e.g. `https://colorize.example.com`; none: the request's own")
     model_cache_dir: Path = Field(Path("data/model-cache"), description="where each node keeps downloaded weights")
     model_store: ModelStoreSettings | None = Field(None, description="the bucket `s3://` model sources read")
-    storage: StorageSettings = Field(default_factory=LocalStoreSettings, description="`local` or `minio` (below)")
+    storage: StorageSettings = Field(default_factory=LocalStoreSettings,
+                                     description="where uploads and results are kept; `backend` picks the keys below")
     allowed_hosts: tuple[str, ...] | None = Field(
         None, description="`Host` names requests may carry (Starlette's TrustedHostMiddleware, `*.example.com` "
                           "patterns); default: any when `public_base_url` is set, else only loopback names, since "
@@ -80,8 +82,8 @@ class AppSettings(_StageSections):
         "COLORIZE_ADMIN_TOKEN", description="env var holding the bearer token of `GET /admin/status` "
                                             "(stage details: model sources, nodes, batch sizes, errors); unset: off")
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
-    limits: LimitSettings = LimitSettings()
-    url_fetch: UrlFetchSettings = UrlFetchSettings()
+    limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
+    url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")
     cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
     workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
 
@@ -166,9 +168,10 @@ def _explain(exc: ValidationError) -> str:
 
 class BatchSettings(Strict):
     """A stage's ``user_config``: live-tunable without restarting replicas."""
-    max_batch_size: int = Field(8, ge=1, le=256)
-    # The most a batch waits for more requests, and only while another batch runs (batching.py).
-    batch_wait_timeout_s: float = Field(0.02, ge=0, le=5)
+    max_batch_size: int = Field(8, ge=1, le=256, description="the most photos one batch runs")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0, le=5, description="the most a batch waits for more requests, and only while another "
+                                      "batch runs (`deployments/batching.py`)")
 
 
 def batch_settings(user_config: dict[str, Any] | None) -> BatchSettings:
