@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from .workbench import workbench_routes
 
 log = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 SWEEP_EVERY_S = 600.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -136,15 +138,27 @@ class JsonErrors:
         await self.app(scope, receive, rewrite)
 
 
+def drop_unusable_request_id(scope: Scope) -> None:
+    """A client's own ``X-Request-Id`` is kept only when it is short and plain (it is echoed in
+    headers and quoted in logs and error details); otherwise it is dropped and a fresh one made."""
+    headers = MutableHeaders(scope=scope)
+    if REQUEST_ID_HEADER in headers and not _REQUEST_ID.fullmatch(headers[REQUEST_ID_HEADER]):
+        del headers[REQUEST_ID_HEADER]
+
+
 class RequestIdMiddleware:
     """Every request has one id, quoted by logs and 500 details and sent back as ``X-Request-Id``.
-    Serve's proxy already does this (keeping a client's own id); this covers any other server."""
+    Serve's proxy already does this (``deployments.proxy_hooks`` bounds a client's own id there);
+    this covers any other server."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or REQUEST_ID_HEADER in MutableHeaders(scope=scope):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        drop_unusable_request_id(scope)
+        if REQUEST_ID_HEADER in MutableHeaders(scope=scope):
             return await self.app(scope, receive, send)
         request_id = uuid.uuid4().hex
         MutableHeaders(scope=scope).append(REQUEST_ID_HEADER, request_id)

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from deployments.launch import CPU_RAY_ENV
+from deployments.proxy_hooks import CALLBACK, CALLBACK_ENV
 from tools.build_demo import model_args
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
@@ -55,6 +56,7 @@ def serve_cluster():
     # The Ray settings `make demo` uses on CPU-only machines (the multi-node test covers Ray's defaults).
     for name, value in CPU_RAY_ENV.items():
         os.environ.setdefault(name, value)
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy hooks `make demo` uses
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
