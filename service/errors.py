@@ -24,6 +24,7 @@ log = logging.getLogger("ray.serve")
 KEY_API = "key API"              # POST /api/v1/... with X-Api-Key (seed 000)
 APP_CHECK_API = "App Check API"  # /health, /upload, /colorize, /download, ... (seed 003)
 RETRY_AFTER_S = 2
+CREDITS_HEADER = "X-Credits-Remaining"  # the key's balance, on key API answers once the key is identified
 
 
 class ApiError(Exception):
@@ -60,6 +61,8 @@ ERROR_TABLE: dict[type[BaseException], Outcome] = {
 
 def error_response(exc: BaseException, contract: str, request_id: str) -> JSONResponse:
     """The answer to a failed request on ``contract``; unexpected failures are logged and answer 500."""
+    if isinstance(exc, AccessDenied) and exc.credits_remaining is not None:  # the key was identified first
+        return _json(exc.status, exc.detail, {**exc.headers, CREDITS_HEADER: str(exc.credits_remaining)})
     if isinstance(exc, (ApiError, AccessDenied)):  # refusals that carry their own status and headers
         return _json(exc.status, exc.detail, exc.headers)
     if isinstance(exc, RemoteImageError):  # the image URL's own failure: 400, 413 or 502

@@ -31,9 +31,8 @@ RESULT_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{1
 # Assets of the API reference page, all served by the service itself (no CDN).
 DOCS_ASSETS = ("docs.js", "swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
-# Branch `browser` sends X-Credits-Remaining on every success of the key API (colorize, account):
-# set True when it is merged (then the live test checks that it is always there).
-CREDITS_ON_SUCCESS = False
+# X-Credits-Remaining is on every success of the key API (colorize, account); the live test checks it.
+CREDITS_ON_SUCCESS = True
 
 KEY_API, APP_CHECK_API, ACCOUNT, DOCS = "Key API (seed 000)", "App Check API (seed 003)", "Account", "Pages"
 

@@ -16,6 +16,7 @@ from pipeline.inputs.remote_image import normalize_origin
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
+from .cors import CorsSettings
 from .stages import STAGES, StageSpec
 
 
@@ -83,6 +84,8 @@ class AppSettings(_StageSections):
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
     url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")
+    cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
+    workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -82,10 +82,36 @@ def test_concurrent_requests_charge_exactly(metered):
     assert balance(metered["args"], key) == 0
 
 
+def test_balance_headers_and_account_agree_with_the_ledger(metered):
+    key = create_key(metered["args"], credits=20, rate_per_s=1000, burst=1000)
+    jobs = [{"model": "tiny"}] * 6 + [{"model": "tiny", "clean_scratches": "true"}] * 3 + \
+        [{"model": "tiny", "face_remaster": "true"}] * 2 + [{"model": "large"}] * 2  # large fails: released
+
+    async def run_of_jobs():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(
+                client.post(f"{metered['url']}/api/v1/colorize", files={"image": ("a.jpg", JPEG)}, data=form,
+                            headers={"X-Api-Key": key}) for form in jobs))
+
+    responses = asyncio.run(run_of_jobs())
+    assert sorted(r.status_code for r in responses) == [200] * 11 + [502] * 2
+    assert all(0 <= int(r.headers["X-Credits-Remaining"]) <= 20 for r in responses)  # each: the balance then
+    account = httpx.get(f"{metered['url']}/api/v1/account", headers={"X-Api-Key": key}, timeout=60)
+    assert account.json()["credits"] == 2 == balance(metered["args"], key) == \
+        int(account.headers["X-Credits-Remaining"])  # 20 - 6 - 3 * 2 - 2 * 3
+    # One at a time, every answer's header is exactly what the ledger holds after it.
+    for form, status in (({"model": "tiny"}, 200), ({"model": "large"}, 502), ({"model": "tiny"}, 200),
+                         ({"model": "tiny"}, 403)):
+        response = post(metered, key, **form)
+        assert response.status_code == status
+        assert int(response.headers["X-Credits-Remaining"]) == balance(metered["args"], key)
+    assert balance(metered["args"], key) == 0
+
+
 def test_failed_job_costs_nothing(metered):
     key = create_key(metered["args"], credits=5, rate_per_s=1000, burst=1000)
     response = post(metered, key, model="large")
-    assert response.status_code == 502 and "colorization failed" in response.json()["detail"]
+    assert response.status_code == 502 and "processing failed on our side" in response.json()["detail"]
     assert balance(metered["args"], key) == 5
     assert post(metered, key, clean_scratches="true").status_code == 200
     assert balance(metered["args"], key) == 3  # 1 + 1 for scratch repair

@@ -116,6 +116,7 @@ def test_dockerfile_installs_the_project_as_a_non_root_user_without_secrets() ->
     shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in (pattern.rstrip("*") for pattern in shipped):  # every package the project installs
         assert re.search(rf"^COPY .*\b{package}\b", text, flags=re.MULTILINE), package
+    assert re.search(r"^COPY .*\bworkbench\b", text, flags=re.MULTILINE)  # the page at /, not a package
     assert not re.search(r"^(ENV|ARG)\s.*(KEY|SECRET|PASSWORD|TOKEN|DATABASE_URL)", text, flags=re.MULTILINE)
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "data", ".models", ".run"} <= ignored
