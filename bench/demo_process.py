@@ -69,11 +69,32 @@ class DemoService:
         return health.status_code == 200 and bool(health.json().get("models", {}).get("tiny", {}).get("loaded"))
 
     def kill(self) -> None:
-        """Crash it: SIGKILL to the whole group (serve run, Ray's daemons, every replica)."""
-        self._signal_group(signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait(timeout=30)
+        """Crash it: SIGKILL to every process of its session at once (serve run, Ray's daemons, the
+        proxy, every replica). Ray puts workers in process groups of their own and they die only when
+        their raylet notices, so killing the group alone leaves the proxy answering for seconds."""
+        if self.process is None:
+            return
+        for pid in self.service_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=30)
         self._wait_port_closed()
+
+    def service_pids(self) -> list[int]:
+        """Every process of the running service (serve run, Ray's daemons, the proxy, replicas)."""
+        session, found = self.process.pid, []  # start_new_session: the session id is its pid
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except (FileNotFoundError, ProcessLookupError, IndexError):
+                    continue
+                if int(fields[3]) == session:  # after the name: state, ppid, pgrp, session
+                    found.append(int(entry))
+        return found
 
     def stop(self, timeout_s: float = 20) -> None:
         """Stop it as a terminal would (SIGTERM; `serve run` then shuts Ray down), then kill what is left."""
@@ -84,8 +105,8 @@ class DemoService:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             pass
-        self._signal_group(signal.SIGKILL)  # Ray processes that outlived serve run
         self.process.wait(timeout=30)
+        self.kill()  # Ray processes that outlived serve run
 
     def _signal_group(self, number: int) -> None:
         if self.process is None:

@@ -20,7 +20,7 @@ import httpx
 
 from .batch import SKIPPED, Batch, Outcome, Pacer
 from .client import DEFAULT_TIMEOUT_S, AsyncClient
-from .errors import AuthError, ColorizeError
+from .errors import AuthError, ColorizeError, NotReady
 from .files import find_photos, is_complete_png
 from .progress import choose, credits
 from .protocol import MODELS, Account, Options
@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None, *, transport: httpx.AsyncBaseTransport |
     if not args.key and not args.dry_run:
         print(f"colorize: no API key: set {KEY_ENV} or pass --key", file=sys.stderr)
         return USAGE
-    return asyncio.run(_run(args, options, transport))
+    try:
+        return asyncio.run(_run(args, options, transport))
+    except KeyboardInterrupt:  # before the run's own handler is installed (or where it cannot be)
+        print("colorize: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 async def _run(args: argparse.Namespace, options: Options, transport) -> int:
@@ -177,8 +181,8 @@ async def _account(client: AsyncClient) -> Account | None:
     try:
         return await client.account()
     except ColorizeError as exc:
-        if exc.status == 404:  # a service from before /api/v1/account: the balance is checked per job
-            return None
+        if exc.status == 404 and not isinstance(exc, NotReady):  # a service from before /api/v1/account
+            return None  # the balance is then checked by the service, job by job
         raise
 
 

@@ -52,6 +52,12 @@ class ServerError(ColorizeError):
     retryable = True
 
 
+class NotReady(ServerError):
+    """404 without the service's JSON error shape: Ray Serve's proxy is up but the application is
+    not deployed yet (a service starting or restarting answers so for several seconds), or the
+    URL is not this service at all. Retried like a 5xx; if it persists, check --api."""
+
+
 class NetworkError(ColorizeError):
     """No HTTP answer: connection refused or dropped, or the request timed out. The service may
     still have run the job: retry with the same Idempotency-Key so that it is charged once."""
@@ -59,7 +65,10 @@ class NetworkError(ColorizeError):
 
 
 def error_for_status(status: int, detail: str, *, request_id: str | None,
-                     retry_after: float | None) -> ColorizeError:
+                     retry_after: float | None, service_shape: bool = True) -> ColorizeError:
+    if status == 404 and not service_shape:
+        return NotReady(f"the service is not ready (404: {detail[:100]}); is it starting, and is this its URL?",
+                        status=status, request_id=request_id, retry_after=retry_after)
     kind = {400: BadImage, 413: BadImage, 401: AuthError, 403: NoCredits, 409: Conflict, 429: RateLimited}.get(
         status, ServerError if status >= 500 else ColorizeError)
     return kind(detail, status=status, request_id=request_id, retry_after=retry_after)

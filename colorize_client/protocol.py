@@ -160,13 +160,20 @@ def raise_for_error(response: httpx.Response) -> None:
     """A typed error for any non-2xx answer, with the service's ``detail``."""
     if response.is_success:
         return
+    detail = service_detail(response)
+    raise error_for_status(response.status_code, detail or response.text.strip()[:200] or response.reason_phrase
+                           or f"HTTP {response.status_code}", request_id=request_id(response),
+                           retry_after=retry_after(response), service_shape=detail is not None)
+
+
+def service_detail(response: httpx.Response) -> str | None:
+    """The ``detail`` of the service's own error shape ({"detail": "..."}), or None when the answer
+    is not in it (it came from something in front of the application, e.g. Serve's proxy)."""
     try:
-        detail = str(response.json().get("detail") or "")
-    except (ValueError, AttributeError):
-        detail = ""
-    detail = detail or response.reason_phrase or f"HTTP {response.status_code}"
-    raise error_for_status(response.status_code, detail, request_id=request_id(response),
-                           retry_after=retry_after(response))
+        body = response.json()
+    except ValueError:
+        return None
+    return str(body["detail"]) if isinstance(body, dict) and "detail" in body else None
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:
@@ -202,8 +209,8 @@ def account(response: httpx.Response) -> Account:
 
 
 def pricing(response: httpx.Response) -> Pricing:
-    if response.status_code == 404:  # a service from before the endpoint: the seed's published table
-        return Pricing.seed_table()
+    if response.status_code == 404 and service_detail(response) is not None:
+        return Pricing.seed_table()  # a service from before the endpoint: the seed's published table
     raise_for_error(response)
     body = json_body(response)
     try:

@@ -1,7 +1,8 @@
 """When to send a request again, and after how long.
 
-Retried: timeouts and dropped connections, 5xx, 429, and a 409 whose first request is still
-running (after a timeout, our own first attempt may be). 429 and 503 wait for the service's
+Retried: timeouts and dropped connections, 5xx, 429, a 409 whose first request is still
+running (after a timeout, our own first attempt may be), and a 404 that is not the service's own
+(Serve's proxy while the application deploys). 429 and 503 wait for the service's
 Retry-After; the rest back off exponentially, with full jitter, up to a cap. Other 4xx are final.
 Every retry carries the same Idempotency-Key, so a job the service already finished is
 replayed, not charged again. Waits for a 429 do not use up attempts: the service is answering

@@ -61,6 +61,8 @@ class StandIn:
                 answer = canned.popleft()
                 if isinstance(answer, Exception):
                     raise answer
+                if isinstance(answer, httpx.Response):
+                    return answer
                 if callable(answer):  # runs the real thing, then fails (e.g. the answer is lost)
                     real = self._route(request, request_id)
                     return answer(real)

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from colorize_client import (AsyncClient, AuthError, BadImage, Client, Conflict, NetworkError, NoCredits,
-                             RateLimited, RetryPolicy, ServerError, Upload)
+                             NotReady, RateLimited, RetryPolicy, ServerError, Upload)
 from colorize_client.errors import ColorizeError
 from colorize_client.protocol import Options
 from tests.client_standin import KEY, StandIn
@@ -59,6 +59,20 @@ def test_errors_are_typed_and_carry_detail_request_id_and_retry_after(status, ki
     error = caught.value
     assert (error.status, error.detail, error.request_id, error.retry_after) == (status, f"why {status}", "req-1", 3.0)
     assert f"why {status}" in str(error) and "req-1" in str(error)
+
+
+def test_a_404_from_in_front_of_the_app_is_a_service_still_starting_and_is_retried():
+    # Serve's proxy answers so while the application deploys: plain text, not {"detail"}.
+    standin = StandIn()
+    starting = httpx.Response(404, text="Path '/api/v1/colorize' not found. Ping http://.../-/routes for routes.")
+    standin.script["/api/v1/colorize"].extend([starting, starting])
+    standin.script["/api/v1/pricing"].append(starting)
+    with client(standin) as c:
+        assert c.colorize(JPEG).attempts == 3
+        assert c.pricing().published  # not mistaken for a service without the pricing route
+    standin.script["/api/v1/colorize"].extend([starting] * 4)
+    with client(standin) as c, pytest.raises(NotReady, match="is it starting, and is this its URL"):
+        c.colorize(JPEG + b"2")
 
 
 def test_derived_keys_follow_the_bytes_and_every_option(tmp_path):
