@@ -139,31 +139,40 @@ class Ledger:
                       idempotency_key=idempotency_key)
 
     def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
-        """The job succeeded: keep the reserved credits, store the response for replays."""
+        """The job succeeded: keep the reserved credits, store the response for replays. Safe to repeat
+        (a retry after a commit whose acknowledgement was lost charges nothing more)."""
         if ticket.usage_id is None:
             return  # a replay: nothing was reserved
         now = self.clock()
+        refusal: Refusal | None = None
         with self.engine.begin() as conn:
             settled = conn.execute(update(usage).where(usage.c.id == ticket.usage_id, usage.c.status == "reserved")
                                    .values(status="succeeded", finished_at=now, deadline=None, result_id=result_id,
                                            duration_s=now - ticket.started_at))
-            if settled.rowcount != 1:  # the sweep gave the credits back (job outlived its deadline): charge again
+            current = None if settled.rowcount == 1 else conn.execute(
+                select(usage.c.status).where(usage.c.id == ticket.usage_id)).scalar()
+            if current == "failed":  # the sweep gave the credits back (job outlived its deadline): charge again
                 charged = conn.execute(update(api_keys).where(api_keys.c.key_id == ticket.key_id,
                                                               api_keys.c.balance >= ticket.price)
                                        .values(balance=api_keys.c.balance - ticket.price)).rowcount == 1
                 note = "reservation had expired; charged again" if charged else \
-                    "reservation had expired and credits ran out: not charged"
-                log.warning("usage %s succeeded after its reservation expired (%s)", ticket.usage_id, note)
+                    "reservation had expired and credits ran out: not charged, result withheld"
+                log.warning("usage %s finished after its reservation expired (%s)", ticket.usage_id, note)
                 conn.execute(update(usage).where(usage.c.id == ticket.usage_id).values(
-                    status="succeeded", note=note, finished_at=now, result_id=result_id,
-                    duration_s=now - ticket.started_at))
-            if ticket.idempotency_key is not None:
+                    status="succeeded" if charged else "failed", note=note, finished_at=now,
+                    result_id=result_id if charged else None, duration_s=now - ticket.started_at))
+                if not charged:  # never deliver what is not paid for
+                    refusal = InsufficientCredits("not enough credits: this job's reservation expired while it "
+                                                  "ran and the key's credits ran out meanwhile")
+            if refusal is None and ticket.idempotency_key is not None:
                 body = response if response is not None else {"result_id": result_id}
                 conn.execute(update(idempotency).where(
                     idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
                     idempotency.c.usage_id == ticket.usage_id).values(
                     status="succeeded", response=json.dumps(body, default=str),
                     expires_at=now + self.idempotency_ttl_s))
+        if refusal is not None:
+            raise refusal  # after the commit: the usage row says why
 
     def fail_job(self, ticket: Ticket, note: str) -> None:
         """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried."""

@@ -40,6 +40,7 @@ class PolicyAccess(Access):
                  consume_app_check: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time):
         self.policy = settings.route_policy()
         self.sweep_interval_s, self.clock = settings.sweep_interval_s, clock
+        self.commit_retry_s = settings.commit_retry_s
         url = settings.effective_database_url(environ)
         self.ledger = ledger or (Ledger(make_engine(url), default_rate_per_s=settings.default_rate_per_s,
                                         default_burst=settings.default_burst,
@@ -95,8 +96,7 @@ class PolicyAccess(Access):
             await self._settle(self.ledger.fail_job, ticket, note[:500])
             raise
         else:
-            await self._settle(self.ledger.finish_job, ticket, result_id=admission.result_id,
-                               response=admission.response)
+            await self._commit(ticket, admission)
 
     async def _open(self, job: JobRequest, key: str | None, idempotency_key: str | None) -> Ticket:
         opening = asyncio.ensure_future(asyncio.to_thread(self.ledger.open_job, key, job, idempotency_key))
@@ -113,6 +113,43 @@ class PolicyAccess(Access):
             log.exception("credit ledger unavailable")
             raise AccessDenied(503, "the credit ledger is unavailable; retry later",
                                {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+
+    async def _commit(self, ticket: Ticket, admission: Admission) -> None:
+        """Charge before answering: a result is handed out only once its charge is durable. The
+        ledger is retried for ``commit_retry_s``; if it stays down the answer is 503 (the link is
+        never sent) and the reservation is given back as soon as the ledger answers again."""
+        deadline, delay = time.monotonic() + self.commit_retry_s, 0.1
+        while True:
+            commit = self._spawn(asyncio.to_thread(self.ledger.finish_job, ticket, result_id=admission.result_id,
+                                                   response=admission.response), log_failure=False)
+            try:
+                await asyncio.shield(commit)
+                return
+            except Refusal as refusal:  # the reservation expired and the credits ran out meanwhile
+                raise AccessDenied(refusal.status, refusal.detail) from None
+            except SQLAlchemyError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("credit ledger unavailable for %.0f s: result %s withheld, not charged (%s)",
+                              self.commit_retry_s, admission.result_id, exc)
+                    self._spawn(self._release_when_possible(ticket))
+                    raise AccessDenied(503, "the credit ledger is unavailable, so the result was not delivered "
+                                            "and nothing was charged; retry later",
+                                       {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+                log.warning("committing charge of %s failed (%s); retrying in %.1f s", ticket.usage_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _release_when_possible(self, ticket: Ticket) -> None:
+        """Give a withheld job's credits back once the ledger answers; the sweep does it after the
+        reservation's deadline if this process stops first."""
+        delay = 1.0
+        while True:
+            try:
+                await asyncio.to_thread(self.ledger.fail_job, ticket, "ledger unavailable at commit: result withheld")
+                return
+            except SQLAlchemyError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _release_orphan(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
@@ -135,10 +172,10 @@ class PolicyAccess(Access):
             self._next_sweep = now + self.sweep_interval_s
             self._spawn(asyncio.to_thread(self.ledger.sweep))
 
-    def _spawn(self, awaitable) -> asyncio.Future:
+    def _spawn(self, awaitable, *, log_failure: bool = True) -> asyncio.Future:
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
-        task.add_done_callback(self._finished_background)
+        task.add_done_callback(self._finished_background if log_failure else self._background.discard)
         return task
 
     def _finished_background(self, task: asyncio.Future) -> None:

@@ -56,6 +56,9 @@ class AuthSettings(_Strict):
     # (storage.url_expiry_seconds for MinIO, retention_seconds for local storage).
     idempotency_ttl_s: int = Field(3600, ge=60)
     sweep_interval_s: int = Field(60, ge=1)
+    # A result is delivered only once its charge is committed; the ledger is retried this long
+    # before the answer is 503 (result withheld, nothing charged).
+    commit_retry_s: float = Field(10.0, ge=0, le=120)
     app_check: AppCheckSettings = AppCheckSettings()
     routes: dict[str, RouteAuth] = Field(default_factory=dict)  # merged over DEFAULT_ROUTES
 

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with_own_demo(workdir: Path, photos: int, args: argparse.Namespace) -> dict:
-    from pipeline.build_demo import build
+    from tools.build_demo import build
 
     from .demo_process import DemoService
     from .serve_graph import free_port

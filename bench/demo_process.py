@@ -24,7 +24,7 @@ DEMO_CONFIG = REPO / "serve_config.demo.yaml"
 
 class DemoService:
     def __init__(self, workdir: Path, models: Path, port: int, *, auth: dict[str, Any] | None = None):
-        from pipeline.build_demo import model_args
+        from tools.build_demo import model_args
 
         self.workdir, self.port = Path(workdir), port
         self.url = f"http://127.0.0.1:{port}"

@@ -183,6 +183,46 @@ def test_ledger_outage_is_a_503_with_retry_after(service: Service, monkeypatch):
     assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "5"}
 
 
+def test_a_commit_that_fails_for_a_while_is_retried_and_charged_once(tmp_path: Path, monkeypatch):
+    service = Service(tmp_path, commit_retry_s=5)
+    key, key_id = service.key(10)
+    finish, failures = service.access.ledger.finish_job, []
+
+    def flaky(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(service.access.ledger, "finish_job", flaky)
+    admission = asyncio.run(service.request({"x-api-key": key}))
+    assert admission.response is not None and len(failures) == 2
+    assert service.balance(key_id) == 8
+    service.access.close()
+
+
+def test_a_result_whose_charge_cannot_be_committed_is_withheld_and_released(tmp_path: Path, monkeypatch):
+    service = Service(tmp_path, commit_retry_s=0.3)
+    key, key_id = service.key(10)
+
+    def down(*args, **kwargs):
+        raise OperationalError("UPDATE", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(service.access.ledger, "finish_job", down)
+
+    async def scenario():
+        with pytest.raises(AccessDenied) as caught:
+            await service.request({"x-api-key": key})
+        await service.access.drain()  # the release runs once the ledger answers (here: at once)
+        return caught.value
+
+    refusal = asyncio.run(scenario())
+    assert refusal.status == 503 and refusal.headers == {"Retry-After": "5"} and "not delivered" in refusal.detail
+    assert service.balance(key_id) == 10
+    assert service.accounts.usage(limit=5)[0]["status"] == "failed"
+    service.access.close()
+
+
 def test_a_locked_ledger_does_not_block_the_event_loop(service: Service):
     key, key_id = service.key(10)
     path = service.url.removeprefix("sqlite:///")
