@@ -38,7 +38,8 @@ class Lines(Progress):
         elapsed = time.monotonic() - self.started
         rate = self.finished / elapsed if elapsed > 0 else 0.0
         eta = f"{(self.total - self.finished) / rate:.0f} s" if rate else "?"
-        self.note(f"[{self.finished}/{self.total}] {status} {name}{': ' + detail if detail else ''} "
+        joined = f" {detail}" if detail.startswith("->") else f": {detail}" if detail else ""
+        self.note(f"[{self.finished}/{self.total}] {status} {name}{joined} "
                   f"({rate:.2f} photos/s, ETA {eta}, {credits(credits_spent)} spent)")
 
     def note(self, message: str) -> None:
