@@ -5,10 +5,12 @@
     python -m bench.cli --photos 200 --levels 1 4 16 --rounds 2 --json cli.json
 
 For each concurrency level, in turns: bench/load.py's closed loop (the graph's throughput: pre-built
-bodies, no Idempotency-Key, nothing downloaded), then the real CLI as a subprocess over N unique
-photos (derived Idempotency-Keys, each result downloaded and written atomically). Every CLI run
-writes to a fresh folder with its own --seed (ignored by the tiny model, but part of each photo's
-key), so no run is served from an earlier run's replays. The CLI's CPU comes from wait4() on its
+bodies, no Idempotency-Key, nothing downloaded); a bare loop doing what any client of this API must
+do per photo (POST a pre-built body with an Idempotency-Key, GET the result); then the real CLI as a
+subprocess over N unique photos (derived Idempotency-Keys, each result downloaded and written
+atomically, a manifest). Every CLI run
+writes to a fresh folder with its own --seed, new to the service (ignored by the tiny model, but part
+of each photo's key), so no run is served from an earlier run's replays. The CLI's CPU comes from wait4() on its
 process; the service's from /proc over its process session; "others" is the rest of the machine.
 A key for a running demo needs credits for every photo and a high rate limit
 (`colorize-admin keys create --credits 5000 --rate 1000 --burst 1000`): the demo key's default of
@@ -21,6 +23,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,35 @@ def write_photos(folder: Path, count: int, size: int) -> None:
         buffer = io.BytesIO()
         Image.fromarray(crop).save(buffer, format="JPEG", quality=90)
         target.write_bytes(buffer.getvalue())
+
+
+async def post_and_download(api: str, key: str, photos: Path, concurrency: int, seed: int) -> tuple[int, float, float]:
+    """What any client of this API must do per photo, and nothing else: POST it (multipart body built
+    beforehand, an Idempotency-Key) and GET the result. Returns (photos done, seconds, CPU seconds)."""
+    import uuid
+
+    import httpx
+
+    from .photos import Photo, multipart_body
+
+    bodies = [multipart_body(Photo(path.name, path.read_bytes(), "image/jpeg"), {"model": "tiny", "seed": str(seed)})
+              for path in sorted(photos.rglob("*.jpg"))]
+    queue, done = list(bodies), 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+        async def worker() -> None:
+            nonlocal done
+            while queue:
+                body, content_type = queue.pop()
+                answer = await client.post(f"{api}/api/v1/colorize", content=body, headers={
+                    "X-Api-Key": key, "Content-Type": content_type, "Idempotency-Key": uuid.uuid4().hex})
+                answer.raise_for_status()
+                (await client.get(answer.json()["outputUrl"])).raise_for_status()
+                done += 1
+
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done, time.perf_counter() - started, time.process_time() - cpu
 
 
 class Meter:
@@ -107,12 +139,16 @@ def bench(api: str, key: str, service_pids: list[int], workdir: Path, *, photos:
     fixed = run_cli(api, key, folder, workdir / "dry", 1, 0, "--dry-run")
     results: dict = {"photos": photos, "size": size, "cli_fixed_cpu_s": fixed["cpu_s"],
                      "cli_fixed_wall_s": fixed["wall_s"], "levels": {}}
-    seed = 0
+    # Seeds new to the service: a photo sent again with an earlier seed would be a replay (no model work).
+    seed = random.SystemRandom().randrange(2**31)
     for concurrency in levels:
         rows = []
         for round_ in range(rounds):
             with Meter(service_pids) as graph_meter:
                 graph = asyncio.run(closed_loop(target, concurrency, requests=photos, warmup=min(concurrency, 16)))
+            seed += 1
+            with Meter(service_pids) as raw_meter:
+                raw_done, raw_s, raw_cpu = asyncio.run(post_and_download(api, key, folder, concurrency, seed))
             seed += 1
             with Meter(service_pids) as cli_meter:
                 cli = run_cli(api, key, folder, workdir / f"out-c{concurrency}-r{round_}", concurrency, seed)
@@ -125,14 +161,18 @@ def bench(api: str, key: str, service_pids: list[int], workdir: Path, *, photos:
                 "loadgen_cpu_ms": summary["client_cpu_ms_per_request"],
                 "graph_service_cpu_ms": 1000 * graph_meter.service_s / photos,
                 "graph_others_cores": _others(graph_meter, graph.client_cpu_s),
+                "raw_rps": raw_done / raw_s, "raw_cpu_ms": 1000 * raw_cpu / photos,
+                "raw_service_cpu_ms": 1000 * raw_meter.service_s / photos,
+                "raw_others_cores": _others(raw_meter, raw_cpu),
                 "cli_rps": photos / cli["run_s"], "cli_rps_wall": photos / cli["wall_s"],
                 "cli_cpu_ms": 1000 * cli["cpu_s"] / photos,
                 "cli_cpu_ms_marginal": 1000 * (cli["cpu_s"] - fixed["cpu_s"]) / photos,
                 "cli_service_cpu_ms": 1000 * cli_meter.service_s / photos,
                 "cli_others_cores": _others(cli_meter, cli["cpu_s"]),
             })
-            print(f"c={concurrency} round {round_ + 1}: graph {rows[-1]['graph_rps']:.1f} photos/s, "
-                  f"CLI {rows[-1]['cli_rps']:.1f} photos/s ({rows[-1]['cli_cpu_ms']:.1f} CPU ms/photo)", flush=True)
+            print(f"c={concurrency} round {round_ + 1}: graph {rows[-1]['graph_rps']:.1f} photos/s, post+download "
+                  f"{rows[-1]['raw_rps']:.1f}, CLI {rows[-1]['cli_rps']:.1f} ({rows[-1]['cli_cpu_ms']:.1f} CPU ms/photo)",
+                  flush=True)
         results["levels"][concurrency] = {name: _mean([row[name] for row in rows]) if name != "graph_statuses"
                                           else [row[name] for row in rows] for name in rows[0]}
     return results
@@ -151,15 +191,16 @@ def table(results: dict) -> str:
     lines = [f"{results['photos']} photos of {results['size']} px, tiny model; CLI fixed cost (start, walk, "
              f"pricing, balance): {1000 * results['cli_fixed_cpu_s']:.0f} CPU ms, {results['cli_fixed_wall_s']:.2f} s",
              "",
-             "| concurrency | graph photos/s (load.py) | CLI photos/s (run / wall) | CLI / graph | CLI CPU ms/photo "
-             "(all / marginal) | load.py CPU ms/request | service CPU ms/photo (load.py / CLI) | others' cores "
-             "(load.py / CLI) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| concurrency | graph photos/s (load.py) | post + download photos/s | CLI photos/s (run / wall) "
+             "| CLI / graph | CLI / post + download | client CPU ms/photo (load.py / post + download / CLI) "
+             "| service CPU ms/photo (load.py / post + download / CLI) | others' cores (load.py / p+d / CLI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c, r in results["levels"].items():
-        lines.append(f"| {c} | {r['graph_rps']:.1f} | {r['cli_rps']:.1f} / {r['cli_rps_wall']:.1f} | "
-                     f"{r['cli_rps'] / r['graph_rps']:.2f} | {r['cli_cpu_ms']:.1f} / {r['cli_cpu_ms_marginal']:.1f} | "
-                     f"{r['loadgen_cpu_ms']:.1f} | {r['graph_service_cpu_ms']:.1f} / {r['cli_service_cpu_ms']:.1f} | "
-                     f"{r['graph_others_cores']:.2f} / {r['cli_others_cores']:.2f} |")
+        lines.append(f"| {c} | {r['graph_rps']:.1f} | {r['raw_rps']:.1f} | {r['cli_rps']:.1f} / {r['cli_rps_wall']:.1f} "
+                     f"| {r['cli_rps'] / r['graph_rps']:.2f} | {r['cli_rps'] / r['raw_rps']:.2f} "
+                     f"| {r['loadgen_cpu_ms']:.1f} / {r['raw_cpu_ms']:.1f} / {r['cli_cpu_ms']:.1f} "
+                     f"| {r['graph_service_cpu_ms']:.1f} / {r['raw_service_cpu_ms']:.1f} / {r['cli_service_cpu_ms']:.1f} "
+                     f"| {r['graph_others_cores']:.2f} / {r['raw_others_cores']:.2f} / {r['cli_others_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -203,7 +244,7 @@ def _with_own_demo(workdir: Path, photos: int, args: argparse.Namespace) -> dict
     print(f"demo service ready in {demo.start():.0f} s", flush=True)
     try:
         warmups = sum(min(c, 16) for c in args.levels) * args.rounds
-        key = demo.create_key(credits=2 * photos * len(args.levels) * args.rounds + warmups + 100)
+        key = demo.create_key(credits=3 * photos * len(args.levels) * args.rounds + warmups + 100)
         return bench(demo.url, key, demo.service_pids(), workdir, photos=photos, size=args.size,
                      levels=args.levels, rounds=args.rounds)
     finally:

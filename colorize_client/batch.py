@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from .client import AsyncClient
 from .errors import AuthError, ColorizeError, NoCredits, RateLimited, ServerError
 from .files import Photo, looks_like_complete_png, write_atomically
 from .progress import Progress
-from .protocol import Options
+from .protocol import ColorizeResult, Options
 
 DONE, SKIPPED, FAILED, NOT_SENT, INTERRUPTED = "done", "skipped", "failed", "not sent", "interrupted"
+ALREADY_DONE = "already done"  # the reason of a photo skipped because its complete result exists
 
 
 @dataclass
@@ -70,8 +72,12 @@ class Batch:
         self.stopping = asyncio.Event()
         self._reason_for_stop = "interrupted"
         self._lowest_balance: int | None = None
+        self._counts: Counter = Counter()  # running totals: a run may have tens of thousands of photos
+        self._prices = 0
         self._in_flight: set[asyncio.Task] = set()
         self._workers: list[asyncio.Task] = []
+        self._writes: set[asyncio.Task] = set()
+        self._write_slots = asyncio.Semaphore(max(1, self.concurrency))  # results held in memory at most
 
     # -- control -------------------------------------------------------------------------------
 
@@ -96,10 +102,10 @@ class Batch:
         the lowest X-Credits-Remaining seen) rather than a sum of prices (which also counts replays)."""
         if self.balance_before is not None and self._lowest_balance is not None:
             return self.balance_before - self._lowest_balance, True
-        return sum(o.credits for o in self.outcomes if o.status == DONE), False
+        return self._prices, False
 
     def count(self, status: str) -> int:
-        return sum(1 for o in self.outcomes if o.status == status)
+        return self._counts[status]
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -110,12 +116,19 @@ class Batch:
                                                                                             len(photos))))]
         try:
             await asyncio.gather(*self._workers, return_exceptions=True)
+            while self._writes:  # results already paid for: always written, even when abandoning
+                await asyncio.gather(*self._writes, return_exceptions=True)
         finally:
             self.progress.close()
         while queue:  # stopped early: the rest was never sent
             photo = queue.pop()
-            self.outcomes.append(Outcome(photo.source, photo.output, NOT_SENT, self._reason_for_stop))
+            self._add(Outcome(photo.source, photo.output, NOT_SENT, self._reason_for_stop))
         return self.outcomes
+
+    def _add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self._counts[outcome.status] += 1
+        self._prices += outcome.credits
 
     async def _worker(self, queue: list[Photo]) -> None:
         while queue and not self.stopping.is_set():
@@ -127,24 +140,47 @@ class Batch:
             task = asyncio.create_task(self._colorize(photo))
             self._in_flight.add(task)
             try:
-                outcome = await task
+                result = await task
             except asyncio.CancelledError:  # abandon() cancels the worker and the photo's task
-                outcome = Outcome(photo.source, photo.output, INTERRUPTED, "abandoned while in flight")
+                result = Outcome(photo.source, photo.output, INTERRUPTED, "abandoned while in flight")
             finally:
                 self._in_flight.discard(task)
-            self._record(photo, outcome)
+            if isinstance(result, Outcome):
+                self._record(photo, result)
+                continue
+            # The file is written while this worker sends its next photo: with one photo in flight
+            # the disk's fsync would otherwise add to every photo's time. Writes are never abandoned.
+            try:
+                await self._write_slots.acquire()
+            except asyncio.CancelledError:
+                self._record(photo, Outcome(photo.source, photo.output, INTERRUPTED,
+                                            "abandoned before its result was written", result.request_id))
+                return
+            write = asyncio.create_task(self._write(photo, result))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+
+    async def _write(self, photo: Photo, result: ColorizeResult) -> None:
+        try:
+            await asyncio.to_thread(write_atomically, photo.output, result.image)
+            outcome = Outcome(photo.source, photo.output, DONE, "", result.request_id, self.price, result.attempts,
+                              result.idempotency_key)
+        except OSError as error:
+            outcome = Outcome(photo.source, photo.output, FAILED, f"cannot write the result: {error}",
+                              result.request_id, 0, result.attempts, result.idempotency_key)
+        finally:
+            self._write_slots.release()
+        self._record(photo, outcome)
 
     def _record(self, photo: Photo, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
+        self._add(outcome)
         spent, _ = self.credits_spent()
         detail = outcome.reason if outcome.status != DONE else f"-> {outcome.output}"
         self.progress.photo(outcome.status, str(photo.source), detail, spent, self.count(FAILED))
 
-    async def _colorize(self, photo: Photo) -> Outcome:
-        last_error: list[ColorizeError] = []
-
+    async def _colorize(self, photo: Photo) -> ColorizeResult | Outcome:
+        """The photo's result, downloaded and checked, or the Outcome of its failure."""
         async def wait_or_stop(error: ColorizeError, delay: float) -> bool:
-            last_error[:] = [error]
             if isinstance(error, RateLimited) and delay >= 5:
                 self.progress.note(f"rate limited: waiting {delay:.0f} s ({photo.source})")
             try:
@@ -160,7 +196,6 @@ class Batch:
             result = await self.client.colorize(photo.source, **fields, download=True, on_retry=wait_or_stop)
             if not looks_like_complete_png(result.image or b""):
                 raise ServerError("the downloaded result is not a complete PNG", request_id=result.request_id)
-            await asyncio.to_thread(write_atomically, photo.output, result.image)
         except NoCredits as error:
             self.stop("no credits left on the key")
             return Outcome(photo.source, photo.output, FAILED, f"no credits: {error}", error.request_id)
@@ -173,9 +208,8 @@ class Batch:
                                error.request_id)
             return Outcome(photo.source, photo.output, FAILED, str(error), error.request_id)
         except OSError as error:
-            return Outcome(photo.source, photo.output, FAILED, f"cannot read or write: {error}")
+            return Outcome(photo.source, photo.output, FAILED, f"cannot read the photo: {error}")
         if result.credits_remaining is not None:
             self._lowest_balance = min(self._lowest_balance if self._lowest_balance is not None
                                        else result.credits_remaining, result.credits_remaining)
-        return Outcome(photo.source, photo.output, DONE, "", result.request_id, self.price, result.attempts,
-                       result.idempotency_key)
+        return result

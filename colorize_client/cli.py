@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 
-from .batch import SKIPPED, Batch, Outcome, Pacer
+from .batch import ALREADY_DONE, DONE, SKIPPED, Batch, Outcome, Pacer
 from .client import DEFAULT_TIMEOUT_S, AsyncClient
 from .errors import AuthError, ColorizeError, NotReady
 from .files import find_photos, is_complete_png
@@ -115,13 +116,20 @@ def main(argv: list[str] | None = None, *, transport: httpx.AsyncBaseTransport |
     except KeyboardInterrupt:  # before the run's own handler is installed (or where it cannot be)
         print("colorize: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # `colorize ... | head`: the reader left; the run itself is complete
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return OK
 
 
 async def _run(args: argparse.Namespace, options: Options, transport) -> int:
     err = sys.stderr
     photos, passed_over = find_photos(args.paths, args.out)
-    todo = [photo for photo in photos if not is_complete_png(photo.output)]
-    skipped = [Outcome(p.source, p.output, SKIPPED, "already done") for p in photos if p not in todo]
+    todo, skipped = [], []
+    for photo in photos:
+        if is_complete_png(photo.output):
+            skipped.append(Outcome(photo.source, photo.output, SKIPPED, ALREADY_DONE))
+        else:
+            todo.append(photo)
     skipped += [Outcome(s.source, None, SKIPPED, s.reason) for s in passed_over]
     retry = RetryPolicy(attempts=args.retries + 1)
     async with AsyncClient(args.api, args.key, timeout=args.timeout, retry=retry, max_connections=args.concurrency,
@@ -161,7 +169,7 @@ async def _run(args: argparse.Namespace, options: Options, transport) -> int:
     spent, exact = batch.credits_spent()
     seconds = time.monotonic() - started
     manifest = args.manifest or args.out / MANIFEST_NAME
-    counts = {status: sum(1 for o in outcomes if o.status == status) for status in {o.status for o in outcomes}}
+    counts = dict(sorted(Counter(o.status for o in outcomes).items()))
     try:
         write_manifest(manifest, outcomes, {"counts": counts, "credits_spent": spent, "credits_exact": exact,
                                             "seconds": round(seconds, 3), "interrupted": bool(interrupted),
@@ -173,7 +181,7 @@ async def _run(args: argparse.Namespace, options: Options, transport) -> int:
                        interrupted=bool(interrupted), manifest=manifest), flush=True)
     if interrupted:
         return INTERRUPTED
-    return OK if all(o.status in ("done", SKIPPED) for o in outcomes) and not any(
+    return OK if all(o.status in (DONE, SKIPPED) for o in outcomes) and not any(
         o.status == SKIPPED and o.reason.startswith("its output") for o in outcomes) else SOME_FAILED
 
 

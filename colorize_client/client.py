@@ -11,6 +11,7 @@ options, are replayed by the service from the first result and charged once.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,8 +52,9 @@ class _Base:
         return upload, parsed, protocol.check_idempotency_key(idempotency_key or upload.derived_key(parsed))
 
     def _post_args(self, upload: Upload, options: Options, key: str) -> dict[str, Any]:
-        return {"url": protocol.COLORIZE_PATH, "files": upload.multipart(options),
-                "headers": {**self._credentials, "Idempotency-Key": key}}
+        body, content_type = upload.multipart(options)
+        return {"url": protocol.COLORIZE_PATH, "content": body,
+                "headers": {**self._credentials, "Idempotency-Key": key, "Content-Type": content_type}}
 
     def _note_failure(self, error: ColorizeError, delay: float) -> None:
         if isinstance(error, RateLimited):  # the whole key is limited: hold every request of this client back
@@ -60,6 +62,11 @@ class _Base:
 
     def _gate_wait(self) -> float:
         return max(0.0, self._not_before - time.monotonic())
+
+
+def _tls_context() -> ssl.SSLContext:
+    # httpx's own defaults (its CA bundle, SSL_CERT_FILE); built once for the API and result clients.
+    return httpx.create_ssl_context()
 
 
 def _network_error(exc: Exception, what: str) -> NetworkError:
@@ -75,7 +82,7 @@ class AsyncClient(_Base):
         super().__init__(base_url, api_key, app_check_token, timeout, retry)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         common = {"timeout": self._timeout, "limits": limits, "transport": transport,
-                  "headers": {"User-Agent": USER_AGENT}}
+                  "headers": {"User-Agent": USER_AGENT}, "verify": _tls_context()}
         self._http = httpx.AsyncClient(base_url=self.base_url, **common)
         # Results are fetched without credentials: an output URL may point at another host (a CDN).
         self._downloads = httpx.AsyncClient(follow_redirects=True, **common)
@@ -179,7 +186,8 @@ class Client(_Base):
                  timeout: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy = RetryPolicy(),
                  transport: httpx.BaseTransport | None = None):
         super().__init__(base_url, api_key, app_check_token, timeout, retry)
-        common = {"timeout": self._timeout, "transport": transport, "headers": {"User-Agent": USER_AGENT}}
+        common = {"timeout": self._timeout, "transport": transport, "headers": {"User-Agent": USER_AGENT},
+                  "verify": _tls_context()}
         self._http = httpx.Client(base_url=self.base_url, **common)
         self._downloads = httpx.Client(follow_redirects=True, **common)
 

@@ -36,7 +36,7 @@ def find_photos(paths: Iterable[Path], out_dir: Path) -> tuple[list[Photo], list
     bytes, not their extension. Hidden files and folders, the output folder, and earlier results
     are passed over silently; other files that are not images are listed as skipped.
     """
-    out_dir = out_dir.resolve()
+    out_resolved = out_dir.resolve()
     found: list[tuple[Path, Path]] = []
     skipped: list[Skipped] = []
     for root in paths:
@@ -44,7 +44,7 @@ def find_photos(paths: Iterable[Path], out_dir: Path) -> tuple[list[Photo], list
             for folder, subfolders, names in os.walk(root):
                 folder_path = Path(folder)
                 subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
-                                       and (folder_path / name).resolve() != out_dir)
+                                       and (folder_path / name).resolve() != out_resolved)
                 for name in sorted(names):
                     _consider(folder_path / name, (folder_path / name).relative_to(root), found, skipped)
         elif root.is_file():
@@ -108,7 +108,9 @@ def looks_like_complete_png(data: bytes) -> bool:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``path`` so that it appears whole or not at all, also across a crash or power loss:
-    a hidden temporary file in the same folder, flushed to disk, then renamed over the target."""
+    a hidden temporary file in the same folder, flushed to disk, then renamed over the target.
+    The folder itself is not flushed: after a power loss a result may be missing (and is redone,
+    replayed by the service, on the next run), but never cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -120,17 +122,3 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)  # the rename itself survives a power loss
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is still atomic
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

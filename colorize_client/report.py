@@ -2,39 +2,46 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import io
 import json
 from pathlib import Path
 
-from .batch import DONE, FAILED, INTERRUPTED, NOT_SENT, SKIPPED, Outcome
+from .batch import ALREADY_DONE, DONE, FAILED, INTERRUPTED, NOT_SENT, SKIPPED, Outcome
 from .files import write_atomically
 from .progress import credits
 
 MANIFEST_FIELDS = ("input", "output", "status", "reason", "request_id", "credits", "attempts", "idempotency_key")
 LISTED = 20  # per kind in the summary; the manifest has them all
+AGGREGATED = (ALREADY_DONE,)
 
 
 def summary_text(outcomes: list[Outcome], *, credits_spent: int, credits_exact: bool, seconds: float,
                  interrupted: bool, manifest: Path | None) -> str:
-    counts = {status: sum(1 for o in outcomes if o.status == status)
-              for status in (DONE, SKIPPED, FAILED, NOT_SENT, INTERRUPTED)}
+    tally = Counter(o.status for o in outcomes)
+    counts = {status: tally[status] for status in (DONE, SKIPPED, FAILED, NOT_SENT, INTERRUPTED)}
     done = counts[DONE]
     rate = f", {done / seconds:.2f} photos/s" if seconds > 0 and done else ""
     spent = f"{credits(credits_spent)} spent" + ("" if credits_exact else " (by the price table)")
     lines = [("interrupted: " if interrupted else "") + ", ".join(f"{n} {status}" for status, n in counts.items()
                                                                    if n or status in (DONE, FAILED))
              + f"; {spent}; {seconds:.1f} s{rate}"]
+    by_status: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_status.setdefault(outcome.status, []).append(outcome)
     for status in (FAILED, INTERRUPTED, NOT_SENT, SKIPPED):
-        listed = [o for o in outcomes if o.status == status]
+        listed = by_status.get(status, [])
         if not listed:
             continue
         lines.append(f"{status}:")
-        if status == NOT_SENT and len({o.reason for o in listed}) == 1:
-            lines.append(f"  {len(listed)} photos: {listed[0].reason}")
-            continue
-        lines += [f"  {o.input}: {o.reason}" for o in listed[:LISTED]]
-        if len(listed) > LISTED:
-            lines.append(f"  ... and {len(listed) - LISTED} more (see the manifest)")
+        # Photos that share one reason (already done; not sent because the run stopped) are counted,
+        # the others listed one by one.
+        shared = Counter(o.reason for o in listed if o.reason in AGGREGATED or status == NOT_SENT)
+        lines += [f"  {n} photo{'s' * (n != 1)}: {reason}" for reason, n in shared.items()]
+        single = [o for o in listed if o.reason not in shared]
+        lines += [f"  {o.input}: {o.reason}" for o in single[:LISTED]]
+        if len(single) > LISTED:
+            lines.append(f"  ... and {len(single) - LISTED} more (see the manifest)")
     if manifest is not None:
         lines.append(f"manifest: {manifest}")
     return "\n".join(lines)

@@ -22,9 +22,11 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO_SIZE = (96, 64)
-# 30 photos in nested folders, some PNG, plus a text file and a cut-off JPEG.
-LAYOUT = ([f"p{i}.jpg" for i in range(6)] + [f"1962/p{i}.jpg" for i in range(8)]
-          + [f"1962/summer/p{i}.jpg" for i in range(8)] + [f"1970/p{i}.png" for i in range(8)])
+# 30 photos in nested folders, some PNG, names as people give them (spaces, quotes, accents), plus a
+# text file and a cut-off JPEG.
+LAYOUT = (["Großmutter.jpg", 'Oma "Lise" am See.jpg'] + [f"p{i}.jpg" for i in range(4)]
+          + [f"1962/p{i}.jpg" for i in range(8)] + [f"1962/summer/p{i}.jpg" for i in range(8)]
+          + [f"1970/p{i}.png" for i in range(8)])
 
 
 def shoebox(root: Path, names: list[str] = LAYOUT, *, extras: bool = True) -> Path:

@@ -24,7 +24,7 @@ def test_folders_are_walked_keeping_the_layout_and_non_images_are_noted(tmp_path
                             ".DS_Store": b"\0\0", ".thumbs/t.jpg": JPEG, "old/a.colorized.png": png_bytes()})
     out = tmp_path / "out"
     photos, skipped = find_photos([tmp_path / "box"], out)
-    assert {p.relative.as_posix(): p.output.relative_to(out.resolve()).as_posix() for p in photos} == {
+    assert {p.relative.as_posix(): p.output.relative_to(out).as_posix() for p in photos} == {
         "a.jpg": "a.colorized.png", "1962/b.JPG": "1962/b.colorized.png",
         "1962/summer/c.png": "1962/summer/c.colorized.png",
         "1962/scan-without-extension": "1962/scan-without-extension.colorized.png"}
@@ -34,7 +34,7 @@ def test_folders_are_walked_keeping_the_layout_and_non_images_are_noted(tmp_path
 def test_a_file_argument_goes_to_the_top_of_the_output(tmp_path):
     tree(tmp_path, {"deep/x/photo.jpg": JPEG})
     photos, _ = find_photos([tmp_path / "deep/x/photo.jpg"], tmp_path / "out")
-    assert photos[0].output == (tmp_path / "out").resolve() / "photo.colorized.png"
+    assert photos[0].output == tmp_path / "out" / "photo.colorized.png"
 
 
 def test_names_that_would_collide_keep_their_extension(tmp_path):
