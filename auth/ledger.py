@@ -26,6 +26,9 @@ from .ratelimit import take_token
 
 log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+INVALID_KEY = "missing or invalid API key (send it in the X-Api-Key header)"
+REVOKED_KEY = "this API key has been revoked"
+RATE_LIMITED = "rate limit exceeded for this API key; retry after the Retry-After delay"
 
 
 class Refusal(Exception):
@@ -72,12 +75,32 @@ class Ledger:
         self.default_rate_per_s, self.default_burst = default_rate_per_s, default_burst
         self.reservation_ttl_s, self.idempotency_ttl_s = reservation_ttl_s, idempotency_ttl_s
 
+    def check_key(self, presented_key: str | None) -> str:
+        """Read-only: the key's id when it may send a job now (known, not revoked, a token in its
+        bucket), else a Refusal. Lets the HTTP layer refuse before it reads a request body;
+        ``open_job`` decides for real, under the key's lock."""
+        try:
+            presented = parse_key(presented_key or "")
+        except InvalidKeyFormat:
+            raise Unauthorized(INVALID_KEY) from None
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)).first()
+        if not hash_matches(row.key_hash if row else None, presented.key_hash):
+            raise Unauthorized(INVALID_KEY)
+        if row.revoked_at is not None:
+            raise Unauthorized(REVOKED_KEY)
+        bucket = take_token(row.bucket_tokens, row.bucket_at, self.clock(), rate_per_s=row.rate_per_s or
+                            self.default_rate_per_s, burst=row.burst or self.default_burst)  # computed, not taken
+        if not bucket.allowed:
+            raise RateLimited(RATE_LIMITED, bucket.retry_after_s)
+        return row.key_id
+
     def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
         """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
         try:
             presented = parse_key(presented_key or "")
         except InvalidKeyFormat:
-            raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)") from None
+            raise Unauthorized(INVALID_KEY) from None
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Refusal(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         now = self.clock()
@@ -86,15 +109,14 @@ class Ledger:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)
                                .with_for_update()).first()
             if not hash_matches(row.key_hash if row else None, presented.key_hash):
-                raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)")
+                raise Unauthorized(INVALID_KEY)
             if row.revoked_at is not None:
-                raise Unauthorized("this API key has been revoked")
+                raise Unauthorized(REVOKED_KEY)
             bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
                                 self.default_rate_per_s, burst=row.burst or self.default_burst)
             if not bucket.allowed:
                 self._record_refusal(conn, row.key_id, job, now, "rate limited", idempotency_key)
-                refusal = RateLimited("rate limit exceeded for this API key; retry after the "
-                                      "Retry-After delay", bucket.retry_after_s)
+                refusal = RateLimited(RATE_LIMITED, bucket.retry_after_s)
             else:
                 conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
                              .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
