@@ -215,10 +215,10 @@ def account(response: httpx.Response) -> Account:
     raise_for_error(response)
     body = json_body(response)
     limit = body.get("rateLimit") or {}
-    try:
+    try:  # a key without a rate of its own has the service's default, which may be reported as null
         return Account(str(body["keyId"]), body.get("name"), int(body["credits"]),
-                       float(limit["perSecond"]) if "perSecond" in limit else None,
-                       int(limit["burst"]) if "burst" in limit else None)
+                       float(limit["perSecond"]) if limit.get("perSecond") is not None else None,
+                       int(limit["burst"]) if limit.get("burst") is not None else None)
     except (KeyError, TypeError, ValueError):
         raise ServerError("unexpected /api/v1/account answer", status=response.status_code,
                           request_id=request_id(response)) from None

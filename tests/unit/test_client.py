@@ -189,6 +189,13 @@ def test_account_and_pricing():
         c.account()
 
 
+def test_an_account_without_a_rate_of_its_own_is_read():
+    standin = StandIn(credits=7, rate={"perSecond": None, "burst": None})
+    with client(standin) as c:
+        account = c.account()
+    assert (account.credits, account.rate_per_second, account.burst) == (7, None, None)
+
+
 def test_pricing_falls_back_to_the_seed_table_on_an_older_service():
     standin = StandIn(pricing_route=False)
     with client(standin) as c:
