@@ -19,6 +19,9 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "auth": frozenset({"pipeline", "service", "deployments", "ray", "starlette", "tools", "tests"}),
     "service": frozenset({"ray", "deployments", "tools", "tests"}),
     "deployments": frozenset({"tools", "tests"}),
+    # The client talks to the service over HTTP only: it ships alone, with httpx and tqdm.
+    "colorize_client": frozenset({"pipeline", "storage", "auth", "service", "deployments", "ray", "starlette",
+                                  "tools", "tests", "bench", "torch", "numpy", "PIL"}),
 }
 
 
