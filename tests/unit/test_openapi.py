@@ -81,7 +81,7 @@ def test_models_prices_and_seed_range_match_the_code():
 
 
 def test_the_request_id_rule_is_the_apps():
-    from service.app import _REQUEST_ID
+    from service.middleware import _REQUEST_ID
 
     parameter = openapi_document()["components"]["parameters"]["X-Request-Id"]
     assert parameter["schema"]["pattern"] == f"^{_REQUEST_ID.pattern}$"
