@@ -25,6 +25,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # Editable, so /home/ray/colorize is the code: `ray up` bind-mounts a synced checkout over it.
 COPY --chown=ray:users pipeline ./pipeline
+COPY --chown=ray:users service ./service
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users storage ./storage
 COPY --chown=ray:users auth ./auth

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m pipeline.build_demo .models/demo
+	$(BIN)/python -m tools.build_demo .models/demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.demo.yaml --demo-key --host $(HOST) --port $(PORT)
 
 serve: install

@@ -1,4 +1,4 @@
-"""Access control: who may call which route, and what a job costs.
+"""Access control: who may call which route, and charging a job its price (which comes with the request).
 
 The ingress calls ``Access.admit`` at exactly one place per request. ``PolicyAccess`` puts
 API keys (credit ledger, rate limits, idempotency) and Firebase App Check behind that call.
@@ -6,9 +6,8 @@ API keys (credit ledger, rate limits, idempotency) and Firebase App Check behind
 from .access import AccessDenied, Access, Admission, JobRequest, OpenAccess, request_fingerprint
 from .demo import ensure_demo_key
 from .policy import PolicyAccess
-from .pricing import job_price
 from .settings import AppCheckSettings, AuthSettings
 
 __all__ = ["Access", "AccessDenied", "Admission", "AppCheckSettings", "AuthSettings", "JobRequest", "OpenAccess",
-           "PolicyAccess", "ensure_demo_key", "job_price",
+           "PolicyAccess", "ensure_demo_key",
            "request_fingerprint"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.images import decode_image, encode_image
+from pipeline.encode import encode_image
+from pipeline.inputs.decode import decode_image
 from storage import LocalStore, new_object_name
 
 from .photos import Photo
@@ -19,7 +20,7 @@ MAX_PIXELS = 50_000_000
 
 
 def load_tiny_colorizer(models: Path):
-    from deployments.model_settings import ModelRuntime, ModelSettings
+    from pipeline.weights.settings import ModelRuntime, ModelSettings
 
     spec = ModelSettings(architecture="ddcolor", source=str(models / "tiny"))
     return spec.load_colorizer(ModelRuntime(cache_dir=models.parent / "model-cache"))
@@ -27,7 +28,7 @@ def load_tiny_colorizer(models: Path):
 
 def process_batch(colorizer, store: LocalStore, uploads: list[bytes]) -> None:
     decoded = [decode_image(data, max_pixels=MAX_PIXELS) for data in uploads]
-    results = colorizer.colorize_batch([image.rgb for image in decoded])
+    results = colorizer.run_batch([image.rgb for image in decoded])
     for image, rgb in zip(decoded, results):
         store.put("results", new_object_name("png"), encode_image(rgb, "PNG", alpha=image.alpha), "image/png")
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from bench.models import photo_batch
-from pipeline.diffusion_colorizer import DiffusionColorizer
-from pipeline.tiny_diffusion import write_clip_tokenizer_files
+from pipeline.stages.diffusion_colorizer import DiffusionColorizer
+from tools.tiny_diffusion import write_clip_tokenizer_files
 
 
 def _tokenizer(directory: Path):
@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             images = photo_batch(batch, args.size)
             requests = [{"prompt": "a street with people and cars", "seed": i} for i in range(batch)]
-            colorizer.colorize_batch(images, requests)  # warm-up
+            colorizer.run_batch(images, requests)  # warm-up
             torch.cuda.reset_peak_memory_stats()
             samples = []
             for _ in range(args.repeats):
                 torch.cuda.synchronize()
                 started = time.perf_counter()
-                outputs = colorizer.colorize_batch(images, requests)
+                outputs = colorizer.run_batch(images, requests)
                 torch.cuda.synchronize()
                 samples.append(time.perf_counter() - started)
             assert all(o.shape == i.shape and o.dtype == np.uint8 for o, i in zip(outputs, images))

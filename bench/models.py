@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.colorizer import Colorizer
+from pipeline.stages.colorizer import Colorizer
 from pipeline.device import resolve_device, resolve_dtype
 from pipeline.models import architecture_module, model_class
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             images = photo_batch(batch, args.size)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            seconds = timed(lambda: colorizer.colorize_batch(images), device, args.repeats)
+            seconds = timed(lambda: colorizer.run_batch(images), device, args.repeats)
             rate = batch / seconds
             base_rate = base_rate or rate
             memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")

@@ -23,7 +23,8 @@ import httpx
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 
 from pipeline.errors import InvalidImageError
-from pipeline.images import decode_image, encode_image
+from pipeline.encode import encode_image
+from pipeline.inputs.decode import decode_image
 from storage import LocalStore, new_object_name
 
 from .bare import MAX_PIXELS, load_tiny_colorizer
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, required=True, help="demo models (pipeline.build_demo)")
+    parser.add_argument("--models", type=Path, required=True, help="demo models (tools.build_demo)")
     parser.add_argument("--storage", type=Path, required=True)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--max-seconds", type=float, default=900, help="exit after this long, whatever happens")

@@ -35,7 +35,7 @@ from .serve_graph import ServeGraph, free_port, quiet_ray_env
 
 
 def run(plan: parts.Plan, options: dict, *, with_profile: bool, variant_env: dict[str, str], workdir: Path) -> dict:
-    from pipeline.build_demo import build
+    from tools.build_demo import build
 
     models = workdir / "models"
     build(models)

@@ -16,7 +16,7 @@ STAGES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRe
 
 def bench_args(models: Path, storage: Path) -> dict[str, Any]:
     """Application args: the demo profile's models, no auth (nothing charged, no ledger I/O)."""
-    from pipeline.build_demo import model_args
+    from tools.build_demo import model_args
 
     return {"storage": {"backend": "local", "root": str(storage), "retention_seconds": 3600},
             **model_args(models), "model_cache_dir": str(storage.parent / "model-cache")}
@@ -82,7 +82,7 @@ class ServeGraph:
         from ray import serve
 
         from deployments.app import build_graph
-        from deployments.settings import load_settings
+        from service.settings import load_settings
 
         started = time.perf_counter()
         settings = load_settings(bench_args(self.models, self.workdir / "storage"))

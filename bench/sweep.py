@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-nice", type=int, default=0, help="niceness of the load generator while overloading")
     args = parser.parse_args(argv)
     quiet_ray_env()
-    from pipeline.build_demo import build
+    from tools.build_demo import build
 
     with tempfile.TemporaryDirectory(prefix="colorize-sweep-") as workdir:
         models = Path(workdir) / "models"

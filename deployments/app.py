@@ -1,5 +1,5 @@
-"""The application graph. ``serve run serve_config.yaml`` imports ``deployments.app:build_app``
-and calls it with the app's ``args``; tests call it directly.
+"""The application graph, built from the stage table. ``serve run serve_config.yaml`` imports
+``deployments.app:build_app`` and calls it with the app's ``args``; tests call it directly.
 
     Ingress -> [ScratchRepair] -> ColorizerLarge | ColorizerTiny -> [FaceRemaster] -> storage
 """
@@ -9,12 +9,15 @@ from typing import Any
 
 from ray.serve import Application
 
-from .ingress import Ingress
-from .settings import AppSettings, load_settings
-from .stages import Colorizer, FaceRemaster, ScratchRepair
+from service.settings import AppSettings, load_settings
+from service.stages import STAGES
 
+from .ingress import Ingress
+from .stage import Stage
+
+INGRESS = "Ingress"
 # Deployment names, as serve_config.yaml's `deployments:` refers to them.
-DEPLOYMENT_NAMES = ("Ingress", "ScratchRepair", "ColorizerLarge", "ColorizerTiny", "FaceRemaster")
+DEPLOYMENT_NAMES = (INGRESS, *(spec.deployment for spec in STAGES))
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -24,16 +27,9 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def build_graph(settings: AppSettings, options: dict[str, dict[str, Any]] | None = None) -> Application:
     """The bound graph; ``options`` per deployment name play the role of the YAML's `deployments:`."""
-    def deployment(cls, name: str):
-        return cls.options(name=name, **(options or {}).get(name, {}))
-
+    options = options or {}
     runtime = settings.model_runtime()
-    return deployment(Ingress, "Ingress").bind(
-        settings.model_dump(mode="json"),
-        deployment(ScratchRepair, "ScratchRepair").bind(settings.scratch_repair.model_dump(mode="json"), runtime),
-        deployment(Colorizer, "ColorizerLarge").bind("large", settings.colorizers["large"].model_dump(mode="json"),
-                                                     runtime),
-        deployment(Colorizer, "ColorizerTiny").bind("tiny", settings.colorizers["tiny"].model_dump(mode="json"),
-                                                    runtime),
-        deployment(FaceRemaster, "FaceRemaster").bind(settings.face_remaster.model_dump(mode="json"), runtime),
-    )
+    stages = {spec.name: Stage.options(name=spec.deployment, **options.get(spec.deployment, {})).bind(
+                  spec.name, settings.stage_settings(spec).model_dump(mode="json"), runtime)
+              for spec in STAGES}
+    return Ingress.options(name=INGRESS, **options.get(INGRESS, {})).bind(settings.model_dump(mode="json"), stages)

@@ -1,4 +1,4 @@
-"""Running one job down the stage graph, and knowing which stages are ready.
+"""Running one job down the stage graph on Ray Serve, and knowing which stages are ready.
 
 Stage calls are chained handle calls: each DeploymentResponse is passed straight to the
 next stage, so intermediate images go replica-to-replica without passing through here.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,39 +15,16 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.errors import ModelNotLoadedError
+from service.jobs import JobPlan, Overloaded, StageFailed, StageUnavailable
 
 log = logging.getLogger("ray.serve")
 
 STATUS_TTL_S = 2.0
 
 
-class StageUnavailable(Exception):
-    """A stage the job needs has no model loaded (503)."""
-
-
-class Overloaded(Exception):
-    """Queues are full (shed with Retry-After)."""
-
-
-class StageFailed(Exception):
-    """A stage raised or timed out: the job failed on our side."""
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    model: str              # "large" | "tiny"
-    clean_scratches: bool = False
-    face_remaster: bool = False
-    prompt: str | None = None  # text guidance (text-guided colorizers only)
-    seed: int | None = None    # reproducible output for sampling colorizers
-
-    def stages(self) -> list[str]:
-        return (["scratch_repair"] if self.clean_scratches else []) + [self.model] + \
-            (["face_remaster"] if self.face_remaster else [])
-
-
 class Graph:
-    """Runs jobs, and keeps a cached view of which stages are loaded.
+    """The ``StageRunner`` of a Serve app, over one handle per stage name (``service.stages``). Runs
+    jobs, and keeps a cached view of which stages are loaded.
 
     Status probes share the stages' request queues with real work, so under load a probe can
     wait behind a full queue. A slow probe therefore never marks a stage that has answered
@@ -109,17 +85,14 @@ class Graph:
 
     async def require(self, plan: JobPlan) -> None:
         statuses = await self.statuses()
-        for name in plan.stages():
-            status = statuses.get(name, {})
-            if not status.get("loaded"):
-                label = f"'{name}' colorization" if name in ("large", "tiny") else name.replace("_", " ")
-                raise StageUnavailable(f"the {label} model is not loaded")
+        for spec in plan.stages():
+            if not statuses.get(spec.name, {}).get("loaded"):
+                raise StageUnavailable(f"the {spec.label} model is not loaded")
 
     async def run(self, plan: JobPlan, image: np.ndarray) -> np.ndarray:
         response: Any = image
-        for name in plan.stages():
-            options = {"prompt": plan.prompt, "seed": plan.seed} if name == plan.model else {}
-            response = self.stages[name].remote(response, options)
+        for spec in plan.stages():
+            response = self.stages[spec.name].remote(response, plan.options_for(spec))
         try:
             return await asyncio.wait_for(_wait(response), timeout=self.timeout_s)
         except asyncio.TimeoutError:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .app import DEPLOYMENT_NAMES
-from .settings import ConfigError, batch_settings, load_settings
+from service.settings import ConfigError, batch_settings, load_settings
 
 # On CPU-only boxes every thread hop and object-store round trip competes with the models for few
 # cores: run user code and routers on each process's main event loop, and pass images between

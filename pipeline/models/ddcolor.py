@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from pipeline.models.ddcolor_convnext import ConvNeXt
-from pipeline.models.ddcolor_lab import grey_rgb_from_lightness
+from pipeline.color.lab import AB_MAX, AB_MIN
+from pipeline.color.lab_torch import grey_rgb_from_lightness
 from pipeline.models.ddcolor_transformer import MultiScaleColorDecoder
 from pipeline.models.ddcolor_unet import (
     CustomPixelShuffleICNR,
@@ -64,7 +65,6 @@ _OBSOLETE_KEY_PREFIXES = ("encoder.arch.head_cls.",)
 # Every feature map is downsampled 32x by the encoder before being upsampled back.
 _SIZE_MULTIPLE = 32
 # Valid a/b range of 8-bit Lab; the model's raw output is unbounded.
-AB_MIN, AB_MAX = -128.0, 127.0
 
 
 def tiny_config(input_size: int = 64) -> dict[str, Any]:

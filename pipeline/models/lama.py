@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .lama_ffc import ConcatTupleLayer, FFC_BN_ACT, FFCResnetBlock
+from pipeline.models.lama_ffc import ConcatTupleLayer, FFC_BN_ACT, FFCResnetBlock
 
 ARCHITECTURE = "lama"
 # The download advimman/lama's README names; the weights are big-lama/models/best.ckpt inside the zip.
@@ -170,8 +170,8 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Tensor]:
 
 
 def convert_lightning_checkpoint(path: Path, directory: Path, config: str = "big-lama") -> None:
-    """best.ckpt -> config.json + model.safetensors that pipeline.models.loading loads strictly."""
-    from .loading import save_model
+    """best.ckpt -> config.json + model.safetensors that pipeline.weights.loading loads strictly."""
+    from pipeline.weights.loading import save_model
 
     constructor = copy.deepcopy(PUBLISHED_CONFIGS[config])
     model = FFCResNetGenerator(**constructor)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from deployments.launch import CPU_RAY_ENV
-from pipeline.build_demo import model_args
+from tools.build_demo import model_args
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
 
@@ -28,7 +28,7 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    from pipeline.build_demo import build
+    from tools.build_demo import build
 
     directory = tmp_path_factory.mktemp("models")
     build(directory)

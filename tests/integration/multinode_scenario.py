@@ -82,8 +82,8 @@ def run(report: Report, workdir: Path, deadline_s: float) -> None:
     from auth.db import make_engine
     from auth.keys import parse_key
     from deployments.app import build_graph
-    from deployments.settings import load_settings
-    from pipeline.build_demo import DEMO_MODELS
+    from service.settings import load_settings
+    from tools.build_demo import DEMO_MODELS
     from tests.helpers import encode, free_port, photo
     from tests.integration.conftest import balance, create_key
 

@@ -43,7 +43,7 @@ def metered(request, serve_cluster, models_dir, signing_keys, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_graph
-    from deployments.settings import load_settings
+    from service.settings import load_settings
 
     root = tmp_path_factory.mktemp(f"metered-{request.param}")
     shutil.copytree(models_dir / "large", root / "broken-large")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.model_settings import ModelRuntime, ModelSettings
+from pipeline.weights.settings import ModelRuntime, ModelSettings
 from tests.helpers import photo
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_feed_forward_stage_is_exact(service):
     reference = reference_colorizer(service, "tiny")
     for image, result in zip(images, batched):
         assert result.shape == image.shape and result.dtype == np.uint8
-        np.testing.assert_array_equal(result, reference.colorize_batch([image])[0])
+        np.testing.assert_array_equal(result, reference.run_batch([image])[0])
     sizes = handle.status.remote().result()["batch_sizes"]
     assert max(int(size) for size in sizes) > 1, f"no batch formed: {sizes}"
 
@@ -45,7 +45,7 @@ def test_text_guided_stage_matches_within_rounding(service):
     batched = send_concurrently(handle, images, options)
     reference = reference_colorizer(service, "large")
     for image, option, result in zip(images, options, batched):
-        single = reference.colorize_batch([image], [option])[0]
+        single = reference.run_batch([image], [option])[0]
         difference = np.abs(result.astype(int) - single.astype(int))
         assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     sizes = handle.status.remote().result()["batch_sizes"]

@@ -22,7 +22,7 @@ def deploy(name: str, serve_cluster: str, models_dir, tmp_path_factory, options:
     from ray import serve
 
     from deployments.app import build_graph
-    from deployments.settings import load_settings
+    from service.settings import load_settings
 
     args = demo_args(tmp_path_factory.mktemp(name), models_dir, jwks_url=jwks_url)
     serve.run(build_graph(load_settings(args), options), name=name, route_prefix=f"/{name}")

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 import auth.keys
-from auth import AuthSettings, job_price
+from auth import AuthSettings
 from auth.keys import InvalidKeyFormat, generate_key, hash_key, hash_matches, parse_key, validate_key_id
 from auth.ratelimit import take_token
 from auth.settings import DEFAULT_ROUTES
@@ -61,12 +61,6 @@ def test_key_ids_are_validated():
     for bad in ("0123", "0123456789AB", "../etc/passwd"):
         with pytest.raises(InvalidKeyFormat):
             validate_key_id(bad)
-
-
-@pytest.mark.parametrize(("scratches", "face", "price"), [(False, False, 1), (True, False, 2), (False, True, 3),
-                                                          (True, True, 4)])
-def test_price_table(scratches, face, price):
-    assert job_price(clean_scratches=scratches, face_remaster=face) == price
 
 
 def test_token_bucket_starts_full_and_refills_at_the_rate():

@@ -1,11 +1,11 @@
-"""pipeline.captioner: caption cleaning, and a tiny BLIP built and reloaded offline."""
+"""pipeline.stages.captioner: caption cleaning, and a tiny BLIP built and reloaded offline."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.captioner import Captioner, clean_caption
+from pipeline.stages.captioner import Captioner, clean_caption
 from pipeline.errors import ModelLoadError
-from pipeline.tiny_diffusion import build_tiny_blip
+from tools.tiny_diffusion import build_tiny_blip
 from tests.helpers import photo
 
 

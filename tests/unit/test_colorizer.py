@@ -1,11 +1,11 @@
-"""pipeline.colorizer: any size in, same size out, batch == singles."""
+"""pipeline.stages.colorizer: any size in, same size out, batch == singles."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.colorizer import Colorizer
-from pipeline.lab import lightness
+from pipeline.stages.colorizer import Colorizer
+from pipeline.color.lab import lightness
 from pipeline.models.siggraph17 import SIGGRAPHGenerator, tiny_config
 from tests.helpers import photo
 
@@ -18,7 +18,7 @@ def make() -> Colorizer:
 def test_sizes_and_lightness_preserved():
     colorizer = make()
     images = [photo(300, 170), photo(33, 91, seed=1), photo(1, 1, seed=2)]
-    results = colorizer.colorize_batch(images)
+    results = colorizer.run_batch(images)
     for image, result in zip(images, results):
         assert result.shape == image.shape and result.dtype == np.uint8
         assert np.median(np.abs(lightness(result) - lightness(image))) < 1.0
@@ -27,10 +27,10 @@ def test_sizes_and_lightness_preserved():
 def test_batch_equals_singles_across_forward_chunks():
     colorizer = make()
     images = [photo(64 + 16 * i, 48, seed=i) for i in range(5)]  # 5 images, forward chunks of 2
-    batched = colorizer.colorize_batch(images)
+    batched = colorizer.run_batch(images)
     for image, result in zip(images, batched):
         np.testing.assert_array_equal(result, colorizer.colorize(image))
-    assert colorizer.colorize_batch([]) == []
+    assert colorizer.run_batch([]) == []
 
 
 def test_device_path_matches_opencv_path():
@@ -38,7 +38,7 @@ def test_device_path_matches_opencv_path():
     within interpolation and rounding differences."""
     colorizer = make()
     images = [photo(300, 170), photo(40, 90, seed=1)]
-    reference = colorizer.colorize_batch(images)
+    reference = colorizer.run_batch(images)
     device_results = colorizer._colorize_on_device(images)
     for expected, result in zip(reference, device_results):
         assert result.shape == expected.shape and result.dtype == np.uint8

@@ -17,7 +17,7 @@ from pipeline.models.ddcolor import (
     extract_state_dict,
     tiny_config,
 )
-from pipeline.models.ddcolor_lab import grey_rgb_from_lightness, lab_to_rgb
+from pipeline.color.lab_torch import grey_rgb_from_lightness, lab_to_rgb
 
 LAYOUT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_layouts"
 PUBLISHED_NAMES = ["ddcolor_paper_tiny", "ddcolor_paper"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline.colorizer import Colorizer
+from pipeline.stages.colorizer import Colorizer
 from pipeline.models.ddcolor import build_tiny_model
 
 INPUT_SIZE = 512  # the published DDColor input
@@ -65,7 +65,7 @@ def test_model_input_equals_upstream_preprocessing(model, path):
     photos = _photos()
     recorded = RecordingInputs(model)
     images = list(photos.values())
-    outputs = colorizer.colorize_batch(images) if path == "opencv" else colorizer._colorize_on_device(images)
+    outputs = colorizer.run_batch(images) if path == "opencv" else colorizer._colorize_on_device(images)
     lightness = torch.cat(recorded.lightness)[:, 0].numpy()
     network_input = torch.cat(recorded.network_input).permute(0, 2, 3, 1).numpy()
     for index, (name, image) in enumerate(photos.items()):

@@ -1,17 +1,17 @@
-"""pipeline.diffusion_colorizer on tiny, untrained SD and SDXL ControlNet pipelines built offline."""
+"""pipeline.stages.diffusion_colorizer on tiny, untrained SD and SDXL ControlNet pipelines built offline."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.captioner import Captioner, clean_caption
-from pipeline.prompts import MAX_PROMPT_CHARS, InvalidPromptError
-from pipeline.diffusion_colorizer import (DEFAULT_PROMPT, DiffusionColorizer,
+from pipeline.stages.captioner import Captioner, clean_caption
+from pipeline.inputs.prompts import MAX_PROMPT_CHARS, InvalidPromptError
+from pipeline.stages.diffusion_colorizer import (DEFAULT_PROMPT, DiffusionColorizer,
                                           pipeline_kind)
 from pipeline.errors import ModelLoadError
-from pipeline.lab import lightness
-from pipeline.tiny_diffusion import build_tiny_blip, build_tiny_sd_controlnet, build_tiny_sdxl_controlnet
+from pipeline.color.lab import lightness
+from tools.tiny_diffusion import build_tiny_blip, build_tiny_sd_controlnet, build_tiny_sdxl_controlnet
 from tests.helpers import photo
 
 SETTINGS = {"steps": 2, "guidance_scale": 5.0, "resolution": 64}
@@ -79,11 +79,11 @@ def test_folder_kind_picks_the_pipeline_class(folders, colorizers):
 
 def test_any_size_in_same_size_out_with_original_lightness(colorizer):
     images = [photo(30, 50), photo(77, 33, seed=1), photo(1, 1, seed=2)]
-    results = colorizer.colorize_batch(images, [{"seed": 1}, {"seed": 2}, {"seed": 3}])
+    results = colorizer.run_batch(images, [{"seed": 1}, {"seed": 2}, {"seed": 3}])
     for image, result in zip(images, results):
         assert result.shape == image.shape and result.dtype == np.uint8
         assert np.median(np.abs(lightness(result) - lightness(image))) < 1.0
-    assert colorizer.colorize_batch([]) == []
+    assert colorizer.run_batch([]) == []
 
 
 def test_output_has_color_from_the_generated_chroma(colorizer):
@@ -103,10 +103,10 @@ def test_batch_equals_singles(colorizer, monkeypatch):
     spy = spied(colorizer, monkeypatch)
     images = [photo(30, 50), photo(77, 33, seed=1), photo(64, 64, seed=2)]
     options = [{"seed": 11, "prompt": "a red car"}, {"seed": 12}, {"seed": 13, "prompt": "a dog"}]
-    batched = colorizer.colorize_batch(images, options)
+    batched = colorizer.run_batch(images, options)
     assert len(spy.calls) == 1 and len(spy.calls[0]["prompt"]) == 3  # one pipeline call per batch
     for image, option, result in zip(images, options, batched):
-        single = colorizer.colorize_batch([image], [option])[0]
+        single = colorizer.run_batch([image], [option])[0]
         # Batched CPU matmuls may round differently: allow off-by-one on a tiny fraction of pixels.
         difference = np.abs(single.astype(int) - result.astype(int))
         assert difference.max() <= 1 and (difference > 0).mean() < 0.001
@@ -116,7 +116,7 @@ def test_prompt_override_caption_and_default(colorizer, monkeypatch):
     captioner = FixedCaptioner(["arafed black and white photo of a dog in the 1920s", "an old photo"])
     spy = spied(colorizer, monkeypatch, captioner)
     options = [{"prompt": "  a red\n car  ", "seed": 1}, {"seed": 2}, {"prompt": "", "seed": 3}]
-    colorizer.colorize_batch([photo(32, 32, seed=i) for i in range(3)], options)
+    colorizer.run_batch([photo(32, 32, seed=i) for i in range(3)], options)
     assert spy.calls[0]["prompt"] == ["a red car", "a dog", DEFAULT_PROMPT]
     assert captioner.seen == [2]  # only items without a prompt are captioned, in one batch
     assert spy.calls[0]["negative_prompt"] == [colorizer.negative_prompt] * 3
@@ -125,7 +125,7 @@ def test_prompt_override_caption_and_default(colorizer, monkeypatch):
 def test_default_prompt_and_suffix_without_captioner(colorizer, monkeypatch):
     spy = spied(colorizer, monkeypatch)
     monkeypatch.setattr(colorizer, "prompt_suffix", ", natural colors")
-    colorizer.colorize_batch([photo(32, 32)] * 2, [{"seed": 1}, {"prompt": "a house", "seed": 2}])
+    colorizer.run_batch([photo(32, 32)] * 2, [{"seed": 1}, {"prompt": "a house", "seed": 2}])
     assert spy.calls[0]["prompt"] == [DEFAULT_PROMPT + ", natural colors", "a house, natural colors"]
 
 
@@ -139,7 +139,7 @@ def test_invalid_prompt_rejected_before_running(colorizers, monkeypatch, options
     colorizer = colorizers["sd"]
     spy = spied(colorizer, monkeypatch)
     with pytest.raises(InvalidPromptError, match=message):
-        colorizer.colorize_batch([photo(32, 32)] * 2, [{}, options])
+        colorizer.run_batch([photo(32, 32)] * 2, [{}, options])
     assert spy.calls == []
 
 
@@ -148,7 +148,7 @@ def test_invalid_prompt_rejected_before_running(colorizers, monkeypatch, options
 ])
 def test_invalid_options_rejected(colorizers, options, message):
     with pytest.raises(ValueError, match=message):
-        colorizers["sd"].colorize_batch([photo(32, 32)], [options])
+        colorizers["sd"].run_batch([photo(32, 32)], [options])
 
 
 def test_tiny_blip_captions_become_prompts(colorizers, tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def test_tiny_blip_captions_become_prompts(colorizers, tmp_path, monkeypatch):
     colorizer = colorizers["sdxl"]
     spy = spied(colorizer, monkeypatch, captioner)
     images = [photo(40, 30, seed=i) for i in range(2)]
-    results = colorizer.colorize_batch(images, [{"seed": 1}, {"seed": 2}])
+    results = colorizer.run_batch(images, [{"seed": 1}, {"seed": 2}])
     expected = [clean_caption(caption) or DEFAULT_PROMPT for caption in captioner.caption_batch(images)]
     assert spy.calls[0]["prompt"] == expected
     assert [result.shape for result in results] == [image.shape for image in images]
@@ -205,8 +205,8 @@ class TrainingCallbackState:
 def test_convert_original_controlnet_round_trip(tmp_path):
     from diffusers import ControlNetModel
 
-    from pipeline.convert_controlnet import main
-    from pipeline.tiny_diffusion import build_tiny_original_controlnet
+    from tools.convert_controlnet import main
+    from tools.tiny_diffusion import build_tiny_original_controlnet
 
     tiny = build_tiny_original_controlnet(tmp_path / "original")
     expected = ControlNetModel.from_pretrained(tiny.reference).state_dict()
@@ -220,7 +220,7 @@ def test_convert_original_controlnet_round_trip(tmp_path):
 
 
 def test_convert_refuses_pickled_objects_unless_trusted(tmp_path):
-    from pipeline.convert_controlnet import read_control_tensors
+    from tools.convert_controlnet import read_control_tensors
 
     path = tmp_path / "training.ckpt"
     torch.save({"state_dict": {"control_model.time_embed.0.bias": torch.ones(2), "model.x": torch.zeros(1)},

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.face_detect import DetectorWeightsNotFoundError, FaceDetector
+from pipeline.stages.face_detect import DetectorWeightsNotFoundError, FaceDetector
 
 # torchvision.ops.batched_nms semantics: per image index, boxes sorted by score (descending, stable),
 # a box is dropped when its IoU (areas without +1) with a kept box is above the threshold; the kept

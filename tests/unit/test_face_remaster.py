@@ -14,8 +14,8 @@ import torch
 from skimage import data
 
 from pipeline.errors import ModelNotLoadedError
-from pipeline.face_detect import DetectorWeightsNotFoundError, Face, FaceDetector, locate_mtcnn_weights, nms, nms_min
-from pipeline.face_remaster import FFHQ_TEMPLATE_512, FaceRemaster, similarity_transform
+from pipeline.stages.face_detect import DetectorWeightsNotFoundError, Face, FaceDetector, locate_mtcnn_weights, nms, nms_min
+from pipeline.stages.face_remaster import FFHQ_TEMPLATE_512, FaceRemaster, similarity_transform
 from pipeline.models.gfpgan import GFPGANv1Clean, tiny_config
 
 # MTCNN (facenet-pytorch's conventions) on skimage.data.astronaut(): box, then landmarks (image-left eye, image-right eye, nose, mouth corners).
@@ -149,14 +149,14 @@ def test_alignment_puts_the_astronaut_landmarks_on_the_template(astronaut) -> No
 def test_missing_restorer_raises_instead_of_passing_images_through(astronaut) -> None:
     stage = FaceRemaster(None, MeasuredFaces({}))
     with pytest.raises(ModelNotLoadedError, match="GFPGAN"):
-        stage.remaster_batch([astronaut])
+        stage.run_batch([astronaut])
     with pytest.raises(RuntimeError):
         stage.remaster(data.coffee())
 
 
 def test_image_without_faces_comes_back_bit_exact(restorer) -> None:
     coffee = data.coffee()
-    (out,) = FaceRemaster(restorer, MeasuredFaces({})).remaster_batch([coffee])
+    (out,) = FaceRemaster(restorer, MeasuredFaces({})).run_batch([coffee])
     assert out is not coffee and out.dtype == np.uint8 and np.array_equal(out, coffee)
 
 
@@ -219,7 +219,7 @@ def test_batch_runs_every_crop_in_one_forward_and_matches_single_images(restorer
     images = [astronaut, data.coffee(), pair]
     counting = CountingRestorer(restorer)
     stage = FaceRemaster(counting, detector)  # type: ignore[arg-type]
-    batch = stage.remaster_batch(images)
+    batch = stage.run_batch(images)
     assert counting.batch_sizes == [3]
     singles = [stage.remaster(image) for image in images]
     assert counting.batch_sizes[1:] == [1, 2]  # the face-free coffee image never reaches the network
@@ -241,7 +241,7 @@ def test_chunked_forwards_give_the_same_pictures(restorer, astronaut) -> None:
 
 def test_rejects_images_that_are_not_rgb_uint8(restorer) -> None:
     with pytest.raises(ValueError, match="image 1"):
-        FaceRemaster(restorer, MeasuredFaces({})).remaster_batch([data.coffee(), data.camera()])
+        FaceRemaster(restorer, MeasuredFaces({})).run_batch([data.coffee(), data.camera()])
 
 
 def test_end_to_end_with_the_real_detector_touches_only_the_face(detector, restorer, astronaut) -> None:

@@ -92,7 +92,7 @@ def test_strict_load_rejects_a_checkpoint_without_noise_buffers() -> None:
 
 
 def test_project_loader_round_trips_the_tiny_model(tmp_path: Path) -> None:
-    from pipeline.models.loading import ModelSpec, load_model, save_model
+    from pipeline.weights.loading import ModelSpec, load_model, save_model
 
     source = build_tiny(seed=6)
     save_model(source, tmp_path / "gfpgan", tiny_config())

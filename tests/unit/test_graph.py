@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deployments.graph import Graph, JobPlan, StageUnavailable
+from deployments.graph import Graph
+from service.jobs import JobPlan, StageUnavailable
 from pipeline.errors import ModelNotLoadedError
 
 

@@ -1,4 +1,4 @@
-"""pipeline.image_text: auto-detecting URL / base64 / data URL text images."""
+"""pipeline.inputs.image_text: auto-detecting URL / base64 / data URL text images."""
 from __future__ import annotations
 
 import base64
@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from pipeline.errors import ImageTooLargeError, InvalidImageError
-from pipeline.image_text import parse_image_text
+from pipeline.inputs.image_text import parse_image_text
 
 DATA = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 

@@ -1,4 +1,4 @@
-"""pipeline.images and pipeline.lab: decoding every format/mode, encoding, the Lab merge."""
+"""pipeline.inputs.decode and pipeline.color.lab: decoding every format/mode, encoding, the Lab merge."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import InvalidImageError
-from pipeline.images import decode_image, encode_image
-from pipeline.lab import lightness, merge_lightness_ab, model_lightness
+from pipeline.encode import encode_image
+from pipeline.inputs.decode import decode_image
+from pipeline.color.lab import lightness, merge_lightness_ab, model_lightness
 from tests.helpers import encode, photo
 
 LIMIT = 10_000_000

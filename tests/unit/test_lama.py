@@ -11,12 +11,12 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline.inpainting import LamaInpainter
+from pipeline.stages.inpainting import LamaInpainter
 from pipeline.models import lama, model_class
 from pipeline.models.lama import FFCResNetGenerator, extract_state_dict, tiny_config
 from pipeline.models.lama_ffc import FourierUnit
-from pipeline.models.loading import ModelSpec, load_model
-from pipeline.scratch_repair import ScratchRepairer
+from pipeline.weights.loading import ModelSpec, load_model
+from pipeline.stages.scratch_repair import ScratchRepairer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,7 +169,7 @@ def test_lightning_checkpoint_converts_without_running_pickled_objects(tmp_path:
     constructor = tiny_config()
     model = FFCResNetGenerator(**constructor)
     model.load_state_dict(state, strict=True)
-    from pipeline.models.loading import save_model
+    from pipeline.weights.loading import save_model
     save_model(model, tmp_path / "lama", constructor)
     loaded = load_model(ModelSpec("lama", tmp_path / "lama"))
     x = torch.rand(1, 4, 32, 32)
@@ -271,7 +271,7 @@ def test_scratch_repairer_uses_the_lama_inpainter_inside_the_mask_only(inpainter
     mask = with_cv2.detect(damaged) > 0
     scratch = np.abs(damaged.astype(np.int16) - clean.astype(np.int16)).max(axis=2) > 32
     assert mask[scratch].mean() > 0.7  # the detector found most of the scratch (measured 0.78)
-    repaired = with_lama.repair_batch([damaged, clean[:8, :8].copy(), damaged])
+    repaired = with_lama.run_batch([damaged, clean[:8, :8].copy(), damaged])
     assert calls == [2]  # one call for the damaged images; the too-small one never reaches it
     assert np.array_equal(repaired[1], clean[:8, :8])
     assert np.array_equal(repaired[0], repaired[2])

@@ -1,4 +1,4 @@
-"""pipeline.models.loading: strict, atomic, with clear errors."""
+"""pipeline.weights.loading: strict, atomic, with clear errors."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.errors import ModelLoadError
-from pipeline.models.loading import ModelSpec, load_model, save_model
+from pipeline.weights.loading import ModelSpec, load_model, save_model
 from pipeline.models.siggraph17 import SIGGRAPHGenerator, tiny_config
 
 

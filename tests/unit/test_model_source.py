@@ -20,7 +20,7 @@ import pytest
 from minio import Minio
 
 from pipeline.errors import ModelLoadError
-from pipeline.model_source import HfSource, S3Settings, parse_hf_source, resolve_model_source
+from pipeline.weights.source import HfSource, S3Settings, parse_hf_source, resolve_model_source
 
 pytestmark = pytest.mark.timeout(60)
 

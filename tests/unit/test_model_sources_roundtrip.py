@@ -11,8 +11,8 @@ import pytest
 import torch
 from minio import Minio
 
-from deployments.model_settings import ModelRuntime, ModelSettings, ModelStoreSettings
-from pipeline.build_demo import DEMO_MODELS
+from pipeline.weights.settings import ModelRuntime, ModelSettings, ModelStoreSettings
+from tools.build_demo import DEMO_MODELS
 from pipeline.models import architecture_module
 from tests.helpers import FileServer, photo
 
@@ -102,6 +102,6 @@ def test_text_guided_pipeline_folder_through_s3(demo_models, store, moto_endpoin
                                                   "steps": 2, "resolution": 64})
     colorizer = spec.load_colorizer(runtime)
     image = photo(50, 30)
-    first = colorizer.colorize_batch([image], [{"seed": 3}])[0]
+    first = colorizer.run_batch([image], [{"seed": 3}])[0]
     assert first.shape == image.shape and first.dtype == np.uint8
-    np.testing.assert_array_equal(first, colorizer.colorize_batch([image], [{"seed": 3}])[0])
+    np.testing.assert_array_equal(first, colorizer.run_batch([image], [{"seed": 3}])[0])

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from minio import Minio
 
-from deployments.model_settings import ModelRuntime, ModelStoreSettings, SourceRef
-from deployments.models_cli import main, model_refs
-from deployments.settings import load_settings
+from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef
+from service.models_cli import main, model_refs
+from service.settings import load_settings
 from tests.helpers import FileServer
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from pipeline.remote_image import USER_AGENT, RemoteImageError, fetch_image_bytes
+from pipeline.inputs.remote_image import USER_AGENT, RemoteImageError, fetch_image_bytes
 
 pytestmark = pytest.mark.timeout(30)
 

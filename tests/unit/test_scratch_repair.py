@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.scratch_repair import ScratchRepairer, ScratchRepairSettings
+from pipeline.stages.scratch_repair import ScratchRepairer, ScratchRepairSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,11 +144,11 @@ def test_navier_stokes_inpainting_also_repairs() -> None:
 
 def test_batch_matches_single_repairs(repairer: ScratchRepairer) -> None:
     images = [_draw_damage(_as_rgb(data.camera()))[:200, :300], _draw_damage(_as_rgb(data.chelsea()), seed=1)]
-    batch = repairer.repair_batch(images)
+    batch = repairer.run_batch(images)
     assert len(batch) == len(images)
     for single_input, from_batch in zip(images, batch):
         assert np.array_equal(repairer.repair(single_input), from_batch)
-    assert repairer.repair_batch([]) == []
+    assert repairer.run_batch([]) == []
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (8, 8, 3), (2, 300, 3), (16, 16, 3), (40, 17, 3)])

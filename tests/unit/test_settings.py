@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from deployments.launch import check_config, effective_config
-from deployments.settings import ConfigError, batch_settings, load_settings
+from service.settings import ConfigError, batch_settings, load_settings
 
 ROOT = Path(__file__).parents[2]
 MINIMAL = {"colorizers": {"large": {"architecture": "siggraph17", "source": "m/l"},
@@ -28,15 +28,15 @@ def test_shipped_configs_are_valid(name):
 
 def test_relative_paths_become_absolute(tmp_path):
     settings = load_settings(MINIMAL, base_dir=tmp_path)
-    assert settings.colorizers["large"].source == str(tmp_path.resolve() / "m/l")
-    assert settings.colorizers["tiny"].source == "/abs/t"
+    assert settings.colorizers.large.source == str(tmp_path.resolve() / "m/l")
+    assert settings.colorizers.tiny.source == "/abs/t"
     assert settings.storage.root == tmp_path.resolve() / "data/storage"
     assert settings.max_upload_bytes == 25 * (1 << 20)
 
 
 @pytest.mark.parametrize("change,message", [
     ({"colorizer": {}}, "colorizer: unknown key"),
-    ({"colorizers": {"large": MINIMAL["colorizers"]["large"]}}, "add tiny"),
+    ({"colorizers": {"large": MINIMAL["colorizers"]["large"]}}, "colorizers.tiny: required: add it"),
     ({"colorizers": {**MINIMAL["colorizers"], "huge": MINIMAL["colorizers"]["large"]}}, "colorizers.huge"),
     ({"colorizers": {**MINIMAL["colorizers"], "tiny": {"architecture": "resnet", "source": "x"}}}, "unknown architecture"),
     ({"storage": {"backend": "s3"}}, "storage"),

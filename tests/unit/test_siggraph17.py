@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models.loading import ModelSpec, load_model, save_model
+from pipeline.weights.loading import ModelSpec, load_model, save_model
 from pipeline.models.siggraph17 import SIGGRAPHGenerator, tiny_config
 
 LAYOUT = Path(__file__).parents[1] / "fixtures" / "checkpoint_layouts" / "siggraph17.json"

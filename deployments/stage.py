@@ -1,0 +1,85 @@
+"""One Ray Serve deployment class for every model stage of the graph.
+
+A replica loads its stage (``service.stages`` row -> a ``pipeline.stages`` object) in ``__init__``;
+a load failure leaves the replica up, reporting ``loaded: false`` and why. Calls are batched with
+``@serve.batch`` (sizes from ``user_config``; the wait follows the stage's load, see
+``batching.py``) and each batch runs in a worker thread, so the event loop keeps queueing the next
+batch while this one computes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+import ray
+from ray import serve
+
+from pipeline.errors import ModelNotLoadedError
+from pipeline.weights.settings import ModelRuntime
+from service.settings import batch_settings
+from service.stages import stage
+
+from .batching import AdaptiveBatchWait
+
+log = logging.getLogger("ray.serve")
+
+
+def _size_opencv_pool() -> None:
+    # OpenCV sizes its pool by the machine, not by this replica's CPU share; Ray sets OMP_NUM_THREADS
+    # from num_cpus (>= 1), as torch uses it. On 2 cores, 2 OpenCV threads made Lab conversions 2x slower.
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    cv2.setNumThreads(int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class Stage:
+    def __init__(self, name: str, settings: dict[str, Any], runtime: dict[str, Any]):
+        self.spec = stage(name)
+        section = self.spec.settings.model_validate(settings)
+        _size_opencv_pool()
+        # One batch queue per replica instance (a decorated method would share one queue per class).
+        self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
+        self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(
+            self._run_batch_in_thread)
+        self._batch_sizes: Counter[int] = Counter()  # which batch sizes actually formed
+        self._describe = self.spec.describe(section)
+        started = time.perf_counter()
+        try:
+            self._impl = self.spec.load(section, ModelRuntime.model_validate(runtime))
+            self._error = None
+            self._describe["load_seconds"] = round(time.perf_counter() - started, 3)
+        except Exception as exc:  # any load failure keeps the replica up, reporting why
+            self._impl, self._error = None, f"{type(exc).__name__}: {exc}"
+            log.error("%s: model not loaded: %s", self.spec.label, self._error)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        settings = batch_settings(user_config)
+        self._run_batch.set_max_batch_size(settings.max_batch_size)
+        self._batch_wait.max_wait_s = settings.batch_wait_timeout_s
+        self._run_batch.set_batch_wait_timeout_s(self._batch_wait.wait_s())
+
+    def status(self) -> dict[str, Any]:
+        return {"loaded": self._impl is not None, **self._describe,
+                "batch_sizes": {str(size): n for size, n in sorted(self._batch_sizes.items())},
+                "node_id": ray.get_runtime_context().get_node_id(),
+                **({"error": self._error} if self._error else {})}
+
+    async def __call__(self, image: np.ndarray, options: dict[str, Any] | None = None) -> np.ndarray:
+        if self._impl is None:
+            raise ModelNotLoadedError(f"the {self.spec.label} model is not loaded: {self._error}")
+        return await self._run_batch(image, options or {})  # always positional: batching zips arguments
+
+    async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
+        self._batch_sizes[len(images)] += 1
+        self._run_batch.set_batch_wait_timeout_s(self._batch_wait.started())
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self._impl.run_batch, images, options)
+        finally:
+            self._run_batch.set_batch_wait_timeout_s(self._batch_wait.finished(time.perf_counter() - started))

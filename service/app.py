@@ -1,0 +1,115 @@
+"""The HTTP app: both contracts' routes as one Starlette application, no Ray.
+
+``build_http_app`` takes what the routes need — a stage runner, a store, an access policy — so
+``deployments.ingress`` runs it on Ray Serve with the graph's handles, and tests run it behind
+Starlette's ``TestClient`` with stand-ins, in-process.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auth import Access
+from storage import ObjectStore
+
+from .app_check_api import AppCheckApi
+from .errors import APP_CHECK_API, KEY_API, error_response
+from .jobs import Jobs, StageRunner
+from .key_api import KeyApi
+from .settings import AppSettings
+
+log = logging.getLogger("ray.serve")
+REQUEST_ID_HEADER = "x-request-id"
+SWEEP_EVERY_S = 600.0
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStore, access: Access) -> Starlette:
+    jobs = Jobs(runner, store, max_pixels=settings.limits.max_pixels)
+
+    def base_url(request: Request) -> str:
+        return settings.public_base_url or str(request.base_url).rstrip("/")
+
+    key_api = KeyApi(settings, jobs, access, base_url)
+    app_check_api = AppCheckApi(settings, jobs, access, base_url)
+    routes = [
+        Route("/api/v1/colorize", on(KEY_API, key_api.colorize), methods=["POST"]),
+        Route("/health", on(APP_CHECK_API, app_check_api.health), methods=["GET"]),
+        Route("/upload", on(APP_CHECK_API, app_check_api.upload), methods=["POST"]),
+        Route("/colorize", on(APP_CHECK_API, app_check_api.colorize), methods=["POST"]),
+        Route("/download/{result_id}", on(APP_CHECK_API, app_check_api.download), methods=["GET"]),
+        Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
+        Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        sweeper = asyncio.create_task(_sweep_forever(store)) if hasattr(store, "sweep_expired") else None
+        yield
+        if sweeper is not None:
+            sweeper.cancel()
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def on(contract: str, endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` answering its failures the way ``contract`` documents them (service.errors)."""
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            return error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
+    answer.__name__ = endpoint.__name__
+    return answer
+
+
+async def _routing_error(request: Request, exc: HTTPException) -> Response:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+class RequestIdMiddleware:
+    """Every request has one id, quoted by logs and 500 details and sent back as ``X-Request-Id``.
+    Serve's proxy already does this (keeping a client's own id); this covers any other server."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or REQUEST_ID_HEADER in MutableHeaders(scope=scope):
+            return await self.app(scope, receive, send)
+        request_id = uuid.uuid4().hex
+        MutableHeaders(scope=scope).append(REQUEST_ID_HEADER, request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-Id", request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _sweep_forever(store: ObjectStore) -> None:
+    """Local storage keeps files for its retention period; this removes them after it."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(store.sweep_expired)
+            if removed:
+                log.info("removed %d expired stored files", removed)
+        except Exception:
+            log.exception("sweeping expired files failed")
+        await asyncio.sleep(SWEEP_EVERY_S)

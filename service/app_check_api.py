@@ -1,0 +1,89 @@
+"""The App Check API (seed 003): /health, /upload, /colorize, /download/{id}, /results/..., /uploads/...
+
+Its routes (except health and the public files) take a Firebase App Check token; its results are JPEG.
+"""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from auth import Access, JobRequest
+from storage import new_object_name
+
+from .errors import ApiError
+from .forms import Form, read_form
+from .jobs import JobPlan, Jobs
+from .key_api import GUIDANCE_FIELDS, guidance
+from .settings import AppSettings
+from .stages import COLORIZERS, STAGES
+
+HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
+
+
+class AppCheckApi:
+    def __init__(self, settings: AppSettings, jobs: Jobs, access: Access, base_url):
+        self.settings, self.jobs, self.access, self.base_url = settings, jobs, access, base_url
+
+    async def health(self, request: Request) -> Response:
+        statuses = await self.jobs.runner.statuses(wait_s=HEALTH_PROBE_WAIT_S)
+        models = {name: statuses.get(name, {}) for name in COLORIZERS}
+        loaded = any(status.get("loaded") for status in models.values())
+        body = {"status": "healthy" if loaded else "unhealthy", "model_loaded": loaded, "models": models,
+                "stages": {spec.name: statuses.get(spec.name, {}) for spec in STAGES if not spec.is_colorizer}}
+        if not loaded:
+            body["detail"] = "Model not loaded: no colorization model is available"
+        return JSONResponse(body, status_code=200 if loaded else 503)
+
+    async def upload(self, request: Request) -> Response:
+        async with self.access.admit(JobRequest("POST /upload"), request.headers):
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=("file",))
+            data = _file_bytes(form, "file")
+            image = await self.jobs.decode(data)
+            filename = new_object_name(image.extension)
+            await self.jobs.put("uploads", filename, data)  # byte-for-byte as sent
+        base = self.base_url(request)
+        return JSONResponse({"success": True, "image_id": filename.split(".")[0],
+                             "image_url": f"{base}/uploads/{filename}", "filename": filename})
+
+    async def colorize(self, request: Request) -> Response:
+        async with self.access.admit(JobRequest("POST /colorize"), request.headers) as admission:
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
+                                   allowed=("file", "model", *GUIDANCE_FIELDS))
+            plan = JobPlan(model=form.choice("model", COLORIZERS, "large"), **guidance(form))
+            image = await self.jobs.decode(_file_bytes(form, "file"))
+            filename = await self.jobs.run_and_store(plan, image, "JPEG")
+            admission.result_id = filename
+        base, result_id = self.base_url(request), filename.split(".")[0]
+        return JSONResponse({"success": True, "result_id": result_id,
+                             "download_url": f"{base}/results/{filename}",
+                             "api_download_url": f"{base}/download/{result_id}", "filename": filename})
+
+    async def download(self, request: Request) -> Response:
+        result_id = request.path_params["result_id"]
+        async with self.access.admit(JobRequest("GET /download"), request.headers):
+            for extension in ("jpg", "png"):  # App Check API results are JPEG, the key API's PNG
+                found = await self.jobs.stored("results", f"{result_id}.{extension}")
+                if found is not None:
+                    return Response(found.data, media_type=found.content_type, headers={
+                        "Content-Disposition": f'attachment; filename="{result_id}.{extension}"'})
+        raise ApiError(404, "Result not found")
+
+    async def result_file(self, request: Request) -> Response:
+        return await self._public_file("results", request.path_params["filename"])
+
+    async def upload_file(self, request: Request) -> Response:
+        return await self._public_file("uploads", request.path_params["filename"])
+
+    async def _public_file(self, kind: str, filename: str) -> Response:
+        found = await self.jobs.stored(kind, filename)
+        if found is None:
+            raise ApiError(404, "File not found")
+        return Response(found.data, media_type=found.content_type,
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _file_bytes(form: Form, name: str) -> bytes:
+    part = form.get(name)
+    if part is None or not part.is_file:
+        raise ApiError(400, f"field '{name}' is required and must be an image file")
+    return part.data

@@ -1,0 +1,61 @@
+"""The key API (seed 000): ``POST /api/v1/colorize`` with ``X-Api-Key``, metered in credits."""
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from auth import Access, JobRequest, request_fingerprint
+from pipeline.inputs.image_text import parse_image_text
+from pipeline.inputs.remote_image import fetch_image_bytes
+
+from .errors import ApiError
+from .forms import Form, read_form
+from .jobs import JobPlan, Jobs
+from .settings import AppSettings
+from .stages import ADD_ONS, COLORIZERS
+
+GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
+COLORIZE_ROUTE = "POST /api/v1/colorize"
+COLORIZE_FIELDS = ("image", "model", *ADD_ONS, *GUIDANCE_FIELDS)
+
+
+def guidance(form: Form) -> dict:
+    return {"prompt": form.prompt("prompt"), "seed": form.integer("seed", 0, 2**32 - 1)}
+
+
+class KeyApi:
+    def __init__(self, settings: AppSettings, jobs: Jobs, access: Access, base_url):
+        self.settings, self.jobs, self.access, self.base_url = settings, jobs, access, base_url
+
+    async def colorize(self, request: Request) -> Response:
+        form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
+        plan = JobPlan(model=form.choice("model", COLORIZERS, "large"),
+                       add_ons=frozenset(field for field in ADD_ONS if form.flag(field)), **guidance(form))
+        job = JobRequest(COLORIZE_ROUTE, price=plan.price,
+                         details={"model": plan.model, **{f: str(f in plan.add_ons).lower() for f in ADD_ONS}},
+                         fingerprint=request_fingerprint(COLORIZE_ROUTE, form.items()))  # retries must match
+        async with self.access.admit(job, request.headers) as admission:
+            if admission.replay is None:  # not a retry of a job that already succeeded
+                image = await self.jobs.decode(await self._image(form))
+                filename = await self.jobs.run_and_store(plan, image, "PNG")
+                admission.result_id = filename
+                admission.response = {"outputUrl": self.jobs.store.public_url("results", filename,
+                                                                              self.base_url(request))}
+        return JSONResponse(admission.replay or admission.response, media_type="application/json; charset=utf-8")
+
+    async def _image(self, form: Form) -> bytes:
+        """The photo's bytes: the uploaded file, or decoded/fetched from the text value."""
+        part = form.get("image")
+        if part is None:
+            raise ApiError(400, "field 'image' is required (a file, or text: http(s) URL, base64, data URL)")
+        if part.is_file:
+            return part.data
+        limit = self.settings.max_upload_bytes
+        parsed = parse_image_text(part.value, max_bytes=limit)
+        if parsed.data is not None:
+            return parsed.data
+        fetch = self.settings.url_fetch
+        return await asyncio.to_thread(fetch_image_bytes, parsed.url, max_bytes=limit, timeout_s=fetch.timeout_s,
+                                       max_redirects=fetch.max_redirects, allow_hosts=frozenset(fetch.allow_hosts))

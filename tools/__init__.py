@@ -1,0 +1,1 @@
+"""Developer tools outside the shipped service: demo model builds and checkpoint converters."""
