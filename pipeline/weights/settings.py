@@ -56,19 +56,27 @@ class SourceRef(Strict):
 
 
 class DiffusionSettings(Strict):
-    """Options of the text-guided colorizer (see pipeline/stages/diffusion_colorizer.py)."""
+    """Options of the text-guided colorizer (see pipeline/stages/diffusion_colorizer.py).
+
+    The defaults are the seed-003 service's published recipe (steps 8, the folder's own scheduler,
+    guidance 5.0 with the published negative prompt, 512 px), except ``merge`` (docs/fidelity.md).
+    The SDXL-Lightning card's settings instead: scheduler euler_trailing, guidance_scale 0 (no
+    negative prompt, half the UNet work), resolution 1024.
+    """
     controlnet: SourceRef | None = None   # a diffusers ControlNet folder, unless the pipeline has one
     unet: SourceRef | None = None         # UNet folder or state-dict file replacing the base's (SDXL-Lightning)
-    vae: SourceRef | None = None          # e.g. an fp16-safe SDXL VAE
-    captioner: SourceRef | None = None    # BLIP captioning model: prompts for requests without one
+    vae: SourceRef | None = None          # None: the base folder's VAE (published); or e.g. an fp16-safe SDXL VAE
+    captioner: SourceRef | None = None    # BLIP captioning model: its cleaned caption joins every prompt
     variant: str | None = None            # e.g. "fp16" files of the base pipeline
-    scheduler: Literal["euler_trailing", "unipc", "ddim", "dpmpp_2m", "default"] = "euler_trailing"
+    scheduler: Literal["default", "euler_trailing", "unipc", "ddim", "dpmpp_2m"] = "default"
     steps: int = Field(8, ge=1, le=100)
-    guidance_scale: float = Field(0.0, ge=0, le=30)
-    resolution: int = Field(1024, ge=64, le=2048)
+    guidance_scale: float = Field(5.0, ge=0, le=30)
+    resolution: int = Field(512, ge=64, le=2048)
+    # "full_resolution": the photo's own L + the generated chroma; "published": L of the 512 px control image
+    merge: Literal["full_resolution", "published"] = "full_resolution"
     controlnet_scale: float = Field(1.0, ge=0, le=2)
-    default_prompt: str | None = None     # None: the colorizer's neutral default
-    negative_prompt: str | None = None
+    default_prompt: str | None = None     # None: the colorizer's neutral default (used without a captioner)
+    negative_prompt: str | None = None    # None: the published negative prompt
     prompt_suffix: str = ""
 
     def with_base_dir(self, base: Path):
@@ -148,5 +156,5 @@ class ModelSettings(SourceRef):
         return DiffusionColorizer.from_pretrained(
             self.resolve(runtime), **parts, variant=options.variant, scheduler=options.scheduler,
             device=device, dtype=dtype, steps=options.steps, guidance_scale=options.guidance_scale,
-            resolution=options.resolution, captioner=captioner, prompt_suffix=options.prompt_suffix,
-            controlnet_scale=options.controlnet_scale, **texts)
+            resolution=options.resolution, merge=options.merge, captioner=captioner,
+            prompt_suffix=options.prompt_suffix, controlnet_scale=options.controlnet_scale, **texts)
