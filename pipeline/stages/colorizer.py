@@ -3,12 +3,12 @@
 A model is anything with ``input_size`` (square side) and ``predict_ab(L)`` mapping
 (N,1,S,S) lightness in [0,100] to (N,2,S,S) Lab ab. The whole batch runs as one forward.
 
-The model's input is built as DDColor's upstream inference builds it (float image, bilinear
-resize with half-pixel centres and no antialiasing, then L), on the CPU with OpenCV and on an
-accelerator with torch (same numbers within 1e-4). One deliberate departure from upstream: the
+The model's input is built as DDColor's upstream inference builds it (float image, OpenCV's
+INTER_LINEAR resize, then L), on the CPU with OpenCV and on an accelerator with torch (the same
+numbers: bit-identical on the tested photos). One deliberate departure from upstream: the
 predicted ab is upsampled bilinearly, not with nearest neighbour; with the true chroma as the
-model's output that measured +0.5 to +1.2 dB PSNR at 613x437, 1000x760 and 2048x2048
-(nearest leaves blocky colour edges at every upscaled pixel boundary). See docs/fidelity.md.
+model's output that measured +2.8 to +7.6 dB PSNR at 613x437, 1000x760 and 2048x2048 (nearest
+leaves blocky colour edges at every upscaled pixel boundary). See docs/fidelity.md.
 """
 from __future__ import annotations
 
