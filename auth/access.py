@@ -51,15 +51,22 @@ def request_fingerprint(route: str, fields: Iterable[tuple[str, bytes | str]]) -
 
 
 class Access(ABC):
+    async def identify(self, route: str, headers: Mapping[str, str], client: str | None = None) -> None:
+        """Check the caller's credentials from the headers alone, before a request body is read:
+        raise AccessDenied (401, 429, 503) to refuse. ``admit`` still decides for real."""
+
     @abstractmethod
-    def admit(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
+    def admit(self, job: JobRequest, headers: Mapping[str, str],
+              client: str | None = None) -> AsyncIterator[Admission]:
         """Async context manager: raise AccessDenied to refuse; the body is the job.
-        Leaving the body normally means success (charge); an exception means failure (no charge)."""
+        Leaving the body normally means success (charge); an exception means failure (no charge).
+        ``client`` is the caller's address (failed attempts are throttled per address)."""
 
 
 class OpenAccess(Access):
     """No authentication configured: every caller is admitted and nothing is charged."""
 
     @asynccontextmanager
-    async def admit(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
+    async def admit(self, job: JobRequest, headers: Mapping[str, str],
+                    client: str | None = None) -> AsyncIterator[Admission]:
         yield Admission(principal="anonymous")

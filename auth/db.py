@@ -101,7 +101,9 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         # Take the write lock up front: a deferred transaction that reads, then writes, gets
         # SQLITE_BUSY without waiting when another process wrote in between. With the lock
         # taken first, read-check-write sequences are serialized across processes.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads that are only checks (execution_options(read_only=True)) take no lock at all.
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -26,6 +26,9 @@ from .ratelimit import take_token
 
 log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+INVALID_KEY = "missing or invalid API key (send it in the X-Api-Key header)"
+REVOKED_KEY = "this API key has been revoked"
+RATE_LIMITED = "rate limit exceeded for this API key; retry after the Retry-After delay"
 
 
 class Refusal(Exception):
@@ -72,12 +75,32 @@ class Ledger:
         self.default_rate_per_s, self.default_burst = default_rate_per_s, default_burst
         self.reservation_ttl_s, self.idempotency_ttl_s = reservation_ttl_s, idempotency_ttl_s
 
+    def check_key(self, presented_key: str | None) -> str:
+        """Read-only: the key's id when it may send a job now (known, not revoked, a token in its
+        bucket), else a Refusal. Lets the HTTP layer refuse before it reads a request body;
+        ``open_job`` decides for real, under the key's lock."""
+        try:
+            presented = parse_key(presented_key or "")
+        except InvalidKeyFormat:
+            raise Unauthorized(INVALID_KEY) from None
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)).first()
+        if not hash_matches(row.key_hash if row else None, presented.key_hash):
+            raise Unauthorized(INVALID_KEY)
+        if row.revoked_at is not None:
+            raise Unauthorized(REVOKED_KEY)
+        bucket = take_token(row.bucket_tokens, row.bucket_at, self.clock(), rate_per_s=row.rate_per_s or
+                            self.default_rate_per_s, burst=row.burst or self.default_burst)  # computed, not taken
+        if not bucket.allowed:
+            raise RateLimited(RATE_LIMITED, bucket.retry_after_s)
+        return row.key_id
+
     def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
         """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
         try:
             presented = parse_key(presented_key or "")
         except InvalidKeyFormat:
-            raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)") from None
+            raise Unauthorized(INVALID_KEY) from None
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Refusal(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         now = self.clock()
@@ -86,15 +109,14 @@ class Ledger:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)
                                .with_for_update()).first()
             if not hash_matches(row.key_hash if row else None, presented.key_hash):
-                raise Unauthorized("missing or invalid API key (send it in the X-Api-Key header)")
+                raise Unauthorized(INVALID_KEY)
             if row.revoked_at is not None:
-                raise Unauthorized("this API key has been revoked")
+                raise Unauthorized(REVOKED_KEY)
             bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
                                 self.default_rate_per_s, burst=row.burst or self.default_burst)
             if not bucket.allowed:
                 self._record_refusal(conn, row.key_id, job, now, "rate limited", idempotency_key)
-                refusal = RateLimited("rate limit exceeded for this API key; retry after the "
-                                      "Retry-After delay", bucket.retry_after_s)
+                refusal = RateLimited(RATE_LIMITED, bucket.retry_after_s)
             else:
                 conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
                              .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
@@ -139,31 +161,40 @@ class Ledger:
                       idempotency_key=idempotency_key)
 
     def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
-        """The job succeeded: keep the reserved credits, store the response for replays."""
+        """The job succeeded: keep the reserved credits, store the response for replays. Safe to repeat
+        (a retry after a commit whose acknowledgement was lost charges nothing more)."""
         if ticket.usage_id is None:
             return  # a replay: nothing was reserved
         now = self.clock()
+        refusal: Refusal | None = None
         with self.engine.begin() as conn:
             settled = conn.execute(update(usage).where(usage.c.id == ticket.usage_id, usage.c.status == "reserved")
                                    .values(status="succeeded", finished_at=now, deadline=None, result_id=result_id,
                                            duration_s=now - ticket.started_at))
-            if settled.rowcount != 1:  # the sweep gave the credits back (job outlived its deadline): charge again
+            current = None if settled.rowcount == 1 else conn.execute(
+                select(usage.c.status).where(usage.c.id == ticket.usage_id)).scalar()
+            if current == "failed":  # the sweep gave the credits back (job outlived its deadline): charge again
                 charged = conn.execute(update(api_keys).where(api_keys.c.key_id == ticket.key_id,
                                                               api_keys.c.balance >= ticket.price)
                                        .values(balance=api_keys.c.balance - ticket.price)).rowcount == 1
                 note = "reservation had expired; charged again" if charged else \
-                    "reservation had expired and credits ran out: not charged"
-                log.warning("usage %s succeeded after its reservation expired (%s)", ticket.usage_id, note)
+                    "reservation had expired and credits ran out: not charged, result withheld"
+                log.warning("usage %s finished after its reservation expired (%s)", ticket.usage_id, note)
                 conn.execute(update(usage).where(usage.c.id == ticket.usage_id).values(
-                    status="succeeded", note=note, finished_at=now, result_id=result_id,
-                    duration_s=now - ticket.started_at))
-            if ticket.idempotency_key is not None:
+                    status="succeeded" if charged else "failed", note=note, finished_at=now,
+                    result_id=result_id if charged else None, duration_s=now - ticket.started_at))
+                if not charged:  # never deliver what is not paid for
+                    refusal = InsufficientCredits("not enough credits: this job's reservation expired while it "
+                                                  "ran and the key's credits ran out meanwhile")
+            if refusal is None and ticket.idempotency_key is not None:
                 body = response if response is not None else {"result_id": result_id}
                 conn.execute(update(idempotency).where(
                     idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
                     idempotency.c.usage_id == ticket.usage_id).values(
                     status="succeeded", response=json.dumps(body, default=str),
                     expires_at=now + self.idempotency_ttl_s))
+        if refusal is not None:
+            raise refusal  # after the commit: the usage row says why
 
     def fail_job(self, ticket: Ticket, note: str) -> None:
         """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried."""

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +26,7 @@ from .access import Access, AccessDenied, Admission, JobRequest
 from .app_check import APP_CHECK_DENIED, AppCheckRejected, AppCheckVerifier
 from .db import make_engine
 from .ledger import Ledger, Refusal, Ticket
+from .ratelimit import FailureThrottle
 from .settings import AuthSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class PolicyAccess(Access):
                  consume_app_check: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time):
         self.policy = settings.route_policy()
         self.sweep_interval_s, self.clock = settings.sweep_interval_s, clock
+        self.commit_retry_s = settings.commit_retry_s
+        self.failures = FailureThrottle(rate_per_s=settings.failed_auth_rate_per_s, burst=settings.failed_auth_burst)
         url = settings.effective_database_url(environ)
         self.ledger = ledger or (Ledger(make_engine(url), default_rate_per_s=settings.default_rate_per_s,
                                         default_burst=settings.default_burst,
@@ -50,22 +53,59 @@ class PolicyAccess(Access):
         self._next_sweep = 0.0
         self._background: set[asyncio.Future] = set()  # settlements that outlive a cancelled request
 
-    @asynccontextmanager
-    async def admit(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
-        headers = {name.lower(): value for name, value in headers.items()}
-        required = self.policy.get(job.route)
+    def _credential(self, route: str, headers: Mapping[str, str]) -> str:
+        """Which credential ``route`` takes from this request: "none", "api_key" or "app_check"."""
+        required = self.policy.get(route)
         if required is None:
-            log.error("no access policy for route %r: refusing (add it to auth.routes)", job.route)
-            raise AccessDenied(503, f"access to {job.route} is not configured on this server")
-        use_key = required == "api_key" or (required == "either" and (
-            "x-api-key" in headers or self.verifier is None))
-        if required == "none":
+            log.error("no access policy for route %r: refusing (add it to auth.routes)", route)
+            raise AccessDenied(503, f"access to {route} is not configured on this server")
+        if required == "either":
+            return "api_key" if "x-api-key" in headers or self.verifier is None else "app_check"
+        return required
+
+    async def identify(self, route: str, headers: Mapping[str, str], client: str | None = None) -> None:
+        headers = {name.lower(): value for name, value in headers.items()}
+        credential = self._credential(route, headers)
+        if credential == "api_key":
+            if self.ledger is None:
+                raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+            await self._checked(client, self._ledger_call(self.ledger.check_key, headers.get("x-api-key")))
+        elif credential == "app_check":
+            await self._checked(client, self._verify_app_check(headers.get("x-firebase-appcheck")))
+
+    @asynccontextmanager
+    async def admit(self, job: JobRequest, headers: Mapping[str, str],
+                    client: str | None = None) -> AsyncIterator[Admission]:
+        headers = {name.lower(): value for name, value in headers.items()}
+        credential = self._credential(job.route, headers)
+        if credential == "none":
             yield Admission(principal="anonymous")
-        elif use_key:
-            async with self._metered(job, headers) as admission:
+        elif credential == "api_key":
+            async with self._metered(job, headers, client) as admission:
                 yield admission
         else:
-            yield Admission(principal=await self._verify_app_check(headers.get("x-firebase-appcheck")))
+            principal = await self._checked(client, self._verify_app_check(headers.get("x-firebase-appcheck")))
+            yield Admission(principal=principal)
+
+    async def _checked(self, client: str | None, check: Awaitable[Any]) -> Any:
+        """Run a credential check, refusing addresses with too many failed attempts first."""
+        wait = self.failures.retry_after_s(client, self.clock())
+        if wait:
+            check.close()  # never started
+            raise AccessDenied(429, "too many failed authentication attempts from this address; retry later",
+                               {"Retry-After": str(wait)})
+        try:
+            return await check
+        except AccessDenied as refusal:
+            if refusal.status == 401:
+                self.failures.failed(client, self.clock())
+            raise
+
+    async def _ledger_call(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(call, *args)
+        except (Refusal, SQLAlchemyError) as exc:
+            raise _denied(exc) from None
 
     async def _verify_app_check(self, token: str | None) -> str:
         if self.verifier is None:
@@ -78,11 +118,12 @@ class PolicyAccess(Access):
         return f"app:{claims.get('app_id') or claims.get('sub')}"
 
     @asynccontextmanager
-    async def _metered(self, job: JobRequest, headers: Mapping[str, str]) -> AsyncIterator[Admission]:
+    async def _metered(self, job: JobRequest, headers: Mapping[str, str],
+                       client: str | None) -> AsyncIterator[Admission]:
         if self.ledger is None:
             raise AccessDenied(503, KEYS_NOT_CONFIGURED)
         self._maybe_sweep()
-        ticket = await self._open(job, headers.get("x-api-key"), headers.get("idempotency-key"))
+        ticket = await self._checked(client, self._open(job, headers.get("x-api-key"), headers.get("idempotency-key")))
         admission = Admission(principal=ticket.key_id, replay=ticket.replay)
         try:
             yield admission
@@ -95,8 +136,7 @@ class PolicyAccess(Access):
             await self._settle(self.ledger.fail_job, ticket, note[:500])
             raise
         else:
-            await self._settle(self.ledger.finish_job, ticket, result_id=admission.result_id,
-                               response=admission.response)
+            await self._commit(ticket, admission)
 
     async def _open(self, job: JobRequest, key: str | None, idempotency_key: str | None) -> Ticket:
         opening = asyncio.ensure_future(asyncio.to_thread(self.ledger.open_job, key, job, idempotency_key))
@@ -106,13 +146,45 @@ class PolicyAccess(Access):
             # Cancelled while the reservation was being made: give it back once it exists.
             opening.add_done_callback(self._release_orphan)
             raise
-        except Refusal as refusal:
-            retry = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
-            raise AccessDenied(refusal.status, refusal.detail, retry) from None
-        except SQLAlchemyError:
-            log.exception("credit ledger unavailable")
-            raise AccessDenied(503, "the credit ledger is unavailable; retry later",
-                               {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+        except (Refusal, SQLAlchemyError) as exc:
+            raise _denied(exc) from None
+
+    async def _commit(self, ticket: Ticket, admission: Admission) -> None:
+        """Charge before answering: a result is handed out only once its charge is durable. The
+        ledger is retried for ``commit_retry_s``; if it stays down the answer is 503 (the link is
+        never sent) and the reservation is given back as soon as the ledger answers again."""
+        deadline, delay = time.monotonic() + self.commit_retry_s, 0.1
+        while True:
+            commit = self._spawn(asyncio.to_thread(self.ledger.finish_job, ticket, result_id=admission.result_id,
+                                                   response=admission.response), log_failure=False)
+            try:
+                await asyncio.shield(commit)
+                return
+            except Refusal as refusal:  # the reservation expired and the credits ran out meanwhile
+                raise AccessDenied(refusal.status, refusal.detail) from None
+            except SQLAlchemyError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("credit ledger unavailable for %.0f s: result %s withheld, not charged (%s)",
+                              self.commit_retry_s, admission.result_id, exc)
+                    self._spawn(self._release_when_possible(ticket))
+                    raise AccessDenied(503, "the credit ledger is unavailable, so the result was not delivered "
+                                            "and nothing was charged; retry later",
+                                       {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+                log.warning("committing charge of %s failed (%s); retrying in %.1f s", ticket.usage_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _release_when_possible(self, ticket: Ticket) -> None:
+        """Give a withheld job's credits back once the ledger answers; the sweep does it after the
+        reservation's deadline if this process stops first."""
+        delay = 1.0
+        while True:
+            try:
+                await asyncio.to_thread(self.ledger.fail_job, ticket, "ledger unavailable at commit: result withheld")
+                return
+            except SQLAlchemyError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _release_orphan(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
@@ -135,10 +207,10 @@ class PolicyAccess(Access):
             self._next_sweep = now + self.sweep_interval_s
             self._spawn(asyncio.to_thread(self.ledger.sweep))
 
-    def _spawn(self, awaitable) -> asyncio.Future:
+    def _spawn(self, awaitable, *, log_failure: bool = True) -> asyncio.Future:
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
-        task.add_done_callback(self._finished_background)
+        task.add_done_callback(self._finished_background if log_failure else self._background.discard)
         return task
 
     def _finished_background(self, task: asyncio.Future) -> None:
@@ -157,3 +229,13 @@ class PolicyAccess(Access):
             self.ledger.engine.dispose()
         if self.verifier is not None:
             self.verifier.close()
+
+
+def _denied(exc: Exception) -> AccessDenied:
+    """A ledger refusal as its HTTP status; a database failure as 503 with Retry-After."""
+    if isinstance(exc, Refusal):
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return AccessDenied(exc.status, exc.detail, retry)
+    log.error("credit ledger unavailable: %s", exc)
+    return AccessDenied(503, "the credit ledger is unavailable; retry later",
+                        {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S})

@@ -34,30 +34,45 @@ class _Strict(BaseModel):
 
 
 class AppCheckSettings(_Strict):
-    project_id: str | None = None     # Firebase project id (or number); None: App Check routes answer 503
-    # Limited-use tokens: ask Google whether each token was already used (a network call per
-    # request; needs Application Default Credentials with the App Check permission).
-    replay_protection: bool = False
-    jwks_url: str | None = None       # tests only: where signing keys are fetched (default: Google's)
-    max_token_chars: int = Field(4096, ge=256, le=65536)  # longer headers are refused unparsed
+    project_id: str | None = Field(
+        None, description="the Firebase project id (or number) whose tokens are accepted; none: App Check "
+                          "routes answer 503")
+    replay_protection: bool = Field(
+        False, description="limited-use tokens: ask Google whether each token was already used (a network call "
+                           "per request; needs Application Default Credentials with the App Check permission)")
+    jwks_url: str | None = Field(None, description="tests only: where signing keys are fetched; none: Google's")
+    max_token_chars: int = Field(4096, ge=256, le=65536, description="longer tokens are refused unparsed")
 
 
 class AuthSettings(_Strict):
-    # SQLAlchemy URL of the ledger: sqlite:///path (embedded) or postgresql+psycopg://...;
-    # None disables API keys (their routes answer 503).
-    database_url: str | None = DEFAULT_DATABASE_URL
-    database_url_env: str | None = DATABASE_URL_ENV  # env var that, when set, overrides database_url
-    default_rate_per_s: float = Field(1.0, gt=0, le=10_000)  # token bucket refill for keys without their own
-    default_burst: int = Field(10, ge=1, le=100_000)          # token bucket size for keys without their own
-    # A reservation not committed or released by then (its process died) is released by the
-    # sweep; must exceed the longest request (upload + limits.request_timeout_s).
-    reservation_ttl_s: int = Field(900, ge=30)
-    # How long a success can be replayed; keep it within the life of the links it returns
-    # (storage.url_expiry_seconds for MinIO, retention_seconds for local storage).
-    idempotency_ttl_s: int = Field(3600, ge=60)
-    sweep_interval_s: int = Field(60, ge=1)
-    app_check: AppCheckSettings = AppCheckSettings()
-    routes: dict[str, RouteAuth] = Field(default_factory=dict)  # merged over DEFAULT_ROUTES
+    database_url: str | None = Field(
+        DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the credit ledger: `sqlite:///path` (embedded) or "
+                                          "`postgresql+psycopg://...`; none: no API keys (their routes answer 503)")
+    database_url_env: str | None = Field(
+        DATABASE_URL_ENV, description="name of the env var that, when set, overrides `database_url` "
+                                      "(so passwords stay out of files)")
+    default_rate_per_s: float = Field(
+        1.0, gt=0, le=10_000, description="token bucket refill (requests/s) for keys without their own")
+    default_burst: int = Field(10, ge=1, le=100_000, description="token bucket size for keys without their own")
+    reservation_ttl_s: int = Field(
+        900, ge=30, description="a reservation not committed or released by then (its process died) is released "
+                                "by the sweep; must exceed the longest request (upload + `limits.request_timeout_s`)")
+    idempotency_ttl_s: int = Field(
+        3600, ge=60, description="how long a success can be replayed; keep it within the life of the links it "
+                                 "returns (`storage.url_expiry_seconds` or `storage.retention_seconds`)")
+    sweep_interval_s: int = Field(60, ge=1, description="how often a replica releases expired reservations")
+    commit_retry_s: float = Field(
+        10.0, ge=0, le=120, description="a result is delivered only once its charge is committed; the ledger is "
+                                        "retried this long before the answer is 503 (result withheld, nothing charged)")
+    failed_auth_rate_per_s: float = Field(
+        0.5, gt=0, le=1000, description="failed authentications (API keys, App Check tokens) per client address and "
+                                        "process: refill rate of a bucket; an empty bucket answers 429 before "
+                                        "credentials are read")
+    failed_auth_burst: int = Field(20, ge=1, le=100_000, description="size of that bucket")
+    app_check: AppCheckSettings = Field(AppCheckSettings(), description="Firebase App Check")
+    routes: dict[str, RouteAuth] = Field(
+        default_factory=dict, description="the access policy per route (`\"METHOD /path\": policy`), merged over "
+        + ", ".join(f"`{route}: {policy}`" for route, policy in DEFAULT_ROUTES.items()))
 
     @field_validator("routes")
     @classmethod

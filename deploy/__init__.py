@@ -1,1 +1,1 @@
-"""Deployment tooling: cluster manifests generated from serve_config.yaml (see README "Deploy")."""
+"""Deployment tooling: cluster manifests generated from serve_config.yaml (see docs/deploy.md)."""

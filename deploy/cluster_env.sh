@@ -11,7 +11,7 @@ optional=(MINIO_ACCESS_KEY MINIO_SECRET_KEY MODEL_STORE_ACCESS_KEY MODEL_STORE_S
 
 for name in "${required[@]}"; do
     if [[ -z "${!name:-}" ]]; then
-        echo "error: set $name in this shell first (see README 'Deploy')" >&2
+        echo "error: set $name in this shell first (see docs/deploy.md)" >&2
         exit 2
     fi
 done

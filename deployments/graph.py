@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import numpy as np
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -90,19 +91,37 @@ class Graph:
                 raise StageUnavailable(f"the {spec.label} model is not loaded")
 
     async def run(self, plan: JobPlan, image: np.ndarray) -> np.ndarray:
+        """The chain once; once more if a replica died under it (stage calls have no side effects,
+        and Serve routes the retry to a live replica). Public messages carry no Ray internals."""
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in (1, 2):
+            try:
+                return await self._run_once(plan, image, deadline)
+            except RayActorError as exc:
+                if attempt == 2 or time.monotonic() >= deadline:
+                    log.error("job %s failed: a replica died twice (%s)", plan, _first_line(exc))
+                    raise StageFailed("a replica died") from None
+                log.warning("job %s: a replica died (%s); retrying once", plan, _first_line(exc))
+        raise AssertionError("unreachable")
+
+    async def _run_once(self, plan: JobPlan, image: np.ndarray, deadline: float) -> np.ndarray:
         response: Any = image
         for spec in plan.stages():
             response = self.stages[spec.name].remote(response, plan.options_for(spec))
         try:
-            return await asyncio.wait_for(_wait(response), timeout=self.timeout_s)
+            return await asyncio.wait_for(_wait(response), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             response.cancel()
+            log.error("job %s timed out after %g s", plan, self.timeout_s)
             raise StageFailed(f"timed out after {self.timeout_s:g} s") from None
         except BackPressureError as exc:
             raise Overloaded(str(exc)) from None
         except ModelNotLoadedError as exc:
             self.invalidate()  # our cached view was stale
-            raise StageUnavailable(_first_line(exc)) from None
+            original = getattr(exc, "cause", None) or exc  # Ray wraps a replica's exception; keep its own text
+            raise StageUnavailable(str(original.args[0]) if original.args else "a model is not loaded") from None
+        except RayActorError:
+            raise
         except Exception as exc:
             log.exception("job %s failed in the graph", plan)
             raise StageFailed(_first_line(exc)) from None

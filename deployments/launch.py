@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .app import DEPLOYMENT_NAMES
+from .proxy_hooks import CALLBACK, CALLBACK_ENV
 from service.settings import ConfigError, batch_settings, load_settings
 
 # On CPU-only boxes every thread hop and object-store round trip competes with the models for few
@@ -131,16 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(exist_ok=True)
     target = run_dir / args.config.name
     target.write_text(yaml.safe_dump(effective, sort_keys=False))
-    serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     print(f"starting: serve run {target} (http://{effective['http_options'].get('host')}:"
           f"{effective['http_options'].get('port')})", flush=True)
     os.environ.setdefault("COLORIZE_BASE_DIR", str(Path.cwd()))
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # Serve's proxy bounds clients' X-Request-Id
     if gpus == 0 and not os.environ.get("RAY_ADDRESS"):  # only a cluster that serve run starts here
         print("note: CPU only; Ray runs with " + " ".join(f"{k}={v}" for k, v in CPU_RAY_ENV.items()))
         for name, value in CPU_RAY_ENV.items():
             os.environ.setdefault(name, value)
-    os.execv(serve, [serve, "run", str(target)])
-    return 0  # not reached
+    return serve_run(target)
+
+
+def serve_run(target: Path) -> int:
+    """``serve run TARGET`` in this process. Without RAY_ADDRESS it starts a Ray of its own first, with
+    every Ray server bound to loopback: on one box only Serve's HTTP proxy listens where
+    ``http_options.host`` says (HOST=0.0.0.0 exposes the API, never Ray's ports)."""
+    import ray
+    from ray.serve.scripts import run
+
+    if not os.environ.get("RAY_ADDRESS"):
+        ray.init(_node_ip_address="127.0.0.1", namespace="serve")
+    run.main([str(target)], prog_name="serve run", standalone_mode=False)
+    return 0
 
 
 if __name__ == "__main__":

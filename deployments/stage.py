@@ -71,8 +71,8 @@ class Stage:
                 **({"error": self._error} if self._error else {})}
 
     async def __call__(self, image: np.ndarray, options: dict[str, Any] | None = None) -> np.ndarray:
-        if self._impl is None:
-            raise ModelNotLoadedError(f"the {self.spec.label} model is not loaded: {self._error}")
+        if self._impl is None:  # the reason is in the logs and the admin view, not in public answers
+            raise ModelNotLoadedError(f"the {self.spec.label} model is not loaded")
         return await self._run_batch(image, options or {})  # always positional: batching zips arguments
 
     async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +33,7 @@ from .settings import AppSettings
 
 log = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 SWEEP_EVERY_S = 600.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -52,6 +55,7 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         Route("/download/{result_id}", on(APP_CHECK_API, app_check_api.download), methods=["GET"]),
         Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
+        Route("/admin/status", on(APP_CHECK_API, app_check_api.admin_status), methods=["GET"]),
     ]
 
     @asynccontextmanager
@@ -63,6 +67,9 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
+    # Links are built from the request's host unless public_base_url is set: only trusted hosts.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts()), www_redirect=False)
+    app.add_middleware(JsonErrors)  # middlewares' own plain-text refusals in the documented shape
     app.add_middleware(RequestIdMiddleware)
     return app
 
@@ -82,15 +89,64 @@ async def _routing_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-class RequestIdMiddleware:
-    """Every request has one id, quoted by logs and 500 details and sent back as ``X-Request-Id``.
-    Serve's proxy already does this (keeping a client's own id); this covers any other server."""
+class JsonErrors:
+    """Refusals that middlewares answer themselves (e.g. "Invalid host header") come as plain text;
+    clients of both contracts parse ``{"detail": ...}``, so such answers are re-sent as JSON."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or REQUEST_ID_HEADER in MutableHeaders(scope=scope):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: Message | None = None
+        body = bytearray()
+
+        async def rewrite(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = MutableHeaders(scope=message).get("content-type", "")
+                if message["status"] >= 400 and content_type.startswith("text/plain"):
+                    start = message  # hold it until the body is complete
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                detail = body.decode("utf-8", errors="replace").strip()
+                response = JSONResponse({"detail": detail}, status_code=start["status"])
+                headers = MutableHeaders(scope=start)
+                for name in ("content-type", "content-length"):
+                    del headers[name]
+                response.raw_headers = headers.raw + response.raw_headers
+                await response(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+def drop_unusable_request_id(scope: Scope) -> None:
+    """A client's own ``X-Request-Id`` is kept only when it is short and plain (it is echoed in
+    headers and quoted in logs and error details); otherwise it is dropped and a fresh one made."""
+    headers = MutableHeaders(scope=scope)
+    if REQUEST_ID_HEADER in headers and not _REQUEST_ID.fullmatch(headers[REQUEST_ID_HEADER]):
+        del headers[REQUEST_ID_HEADER]
+
+
+class RequestIdMiddleware:
+    """Every request has one id, quoted by logs and 500 details and sent back as ``X-Request-Id``.
+    Serve's proxy already does this (``deployments.proxy_hooks`` bounds a client's own id there);
+    this covers any other server."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        drop_unusable_request_id(scope)
+        if REQUEST_ID_HEADER in MutableHeaders(scope=scope):
             return await self.app(scope, receive, send)
         request_id = uuid.uuid4().hex
         MutableHeaders(scope=scope).append(REQUEST_ID_HEADER, request_id)

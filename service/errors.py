@@ -37,7 +37,7 @@ class ApiError(Exception):
 class Outcome:
     key_api: int
     app_check_api: int
-    detail: str = "{}"                # public text; "{}" is the exception's own message
+    detail: str = "{}"                # public text: "{}" is the exception's own message, {request_id} the id
     retry_after_s: int | None = None  # sent as Retry-After
 
     def status(self, contract: str) -> int:
@@ -50,7 +50,7 @@ ERROR_TABLE: dict[type[BaseException], Outcome] = {
     ImageTooLargeError: Outcome(413, 413),
     StageUnavailable: Outcome(503, 503),
     Overloaded: Outcome(429, 503, "server is busy; retry shortly", RETRY_AFTER_S),
-    StageFailed: Outcome(502, 500, "colorization failed: {}"),
+    StageFailed: Outcome(502, 500, "processing failed on our side (request id {request_id}); retry later"),
     StoreWriteFailed: Outcome(502, 500, "could not store the image; retry later"),
     StoreReadFailed: Outcome(503, 503, "storage is unavailable; retry later", RETRY_AFTER_S),
 }
@@ -67,7 +67,7 @@ def error_response(exc: BaseException, contract: str, request_id: str) -> JSONRe
         log.error("request %s failed", request_id, exc_info=exc)
         return _json(500, f"internal error (request id {request_id})")
     headers = {"Retry-After": str(outcome.retry_after_s)} if outcome.retry_after_s else None
-    return _json(outcome.status(contract), outcome.detail.format(exc), headers)
+    return _json(outcome.status(contract), outcome.detail.format(exc, request_id=request_id), headers)
 
 
 def _json(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

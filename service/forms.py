@@ -1,4 +1,4 @@
-"""Reading multipart requests within limits, and typed access to their fields."""
+"""Reading requests: the caller's address, multipart bodies within limits, typed access to fields."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -11,6 +11,11 @@ from starlette.requests import ClientDisconnect, Request
 from pipeline.inputs.prompts import InvalidPromptError, validate_prompt
 
 from .errors import ApiError
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address (failed authentications are throttled per address)."""
+    return request.client.host if request.client else None
 
 
 @dataclass(frozen=True)

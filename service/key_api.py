@@ -11,7 +11,7 @@ from pipeline.inputs.image_text import parse_image_text
 from pipeline.inputs.remote_image import fetch_image_bytes
 
 from .errors import ApiError
-from .forms import Form, read_form
+from .forms import Form, client_address, read_form
 from .jobs import JobPlan, Jobs
 from .settings import AppSettings
 from .stages import ADD_ONS, COLORIZERS
@@ -30,13 +30,15 @@ class KeyApi:
         self.settings, self.jobs, self.access, self.base_url = settings, jobs, access, base_url
 
     async def colorize(self, request: Request) -> Response:
+        client = client_address(request)
+        await self.access.identify(COLORIZE_ROUTE, request.headers, client)  # 401/429 before reading the body
         form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
         plan = JobPlan(model=form.choice("model", COLORIZERS, "large"),
                        add_ons=frozenset(field for field in ADD_ONS if form.flag(field)), **guidance(form))
         job = JobRequest(COLORIZE_ROUTE, price=plan.price,
                          details={"model": plan.model, **{f: str(f in plan.add_ons).lower() for f in ADD_ONS}},
                          fingerprint=request_fingerprint(COLORIZE_ROUTE, form.items()))  # retries must match
-        async with self.access.admit(job, request.headers) as admission:
+        async with self.access.admit(job, request.headers, client) as admission:
             if admission.replay is None:  # not a retry of a job that already succeeded
                 image = await self.jobs.decode(await self._image(form))
                 filename = await self.jobs.run_and_store(plan, image, "PNG")

@@ -12,10 +12,14 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from auth import AuthSettings
+from pipeline.inputs.remote_image import normalize_origin
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
 from .stages import STAGES, StageSpec
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(ValueError):
@@ -32,7 +36,12 @@ class UrlFetchSettings(Strict):
     timeout_s: float = Field(10.0, gt=0, le=120, description="whole-fetch time limit for image URLs")
     max_redirects: int = Field(5, ge=0, le=20, description="redirects followed (each one re-checked)")
     allow_hosts: tuple[str, ...] = Field(
-        (), description="hosts exempt from the private-address check (tests, intranets)")
+        (), description="origins (`scheme://host:port`) exempt from the private-address check (tests, intranets)")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_origin(origin) for origin in value)  # a bare host would open all its ports
 
 
 def _stage_sections() -> dict[str, Any]:
@@ -42,13 +51,14 @@ def _stage_sections() -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     for spec in STAGES:
         head, *member = spec.section
+        about = f"the {spec.label} stage (deployment `{spec.deployment}`)"
         if member:
-            groups.setdefault(head, {})[member[0]] = (spec.settings, ...)
+            groups.setdefault(head, {})[member[0]] = (spec.settings, Field(..., description=about))
         else:
-            fields[head] = (spec.settings, Field(default_factory=spec.settings))
+            fields[head] = (spec.settings, Field(default_factory=spec.settings, description=about))
     for head, members in groups.items():
         group = create_model(f"{head.title()}Section", __base__=Strict, **members)
-        fields[head] = (group, ...)
+        fields[head] = (group, Field(..., description=f"one entry per stage: {', '.join(members)}"))
     return fields
 
 
@@ -58,13 +68,30 @@ _StageSections = create_model("StageSections", __base__=Strict, **_stage_section
 class AppSettings(_StageSections):
     """The app's ``args`` in serve_config.yaml; the stage sections come from ``service.stages``."""
     public_base_url: str | None = Field(
-        None, description="base of links in responses, e.g. `https://colorize.example.com`; default: from the request")
+        None, description="base of links in responses, e.g. `https://colorize.example.com`; none: the request's own")
     model_cache_dir: Path = Field(Path("data/model-cache"), description="where each node keeps downloaded weights")
     model_store: ModelStoreSettings | None = Field(None, description="the bucket `s3://` model sources read")
-    storage: StorageSettings = Field(default_factory=LocalStoreSettings, description="`local` or `minio` (below)")
+    storage: StorageSettings = Field(default_factory=LocalStoreSettings,
+                                     description="where uploads and results are kept; `backend` picks the keys below")
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None, description="`Host` names requests may carry (Starlette's TrustedHostMiddleware, `*.example.com` "
+                          "patterns); default: any when `public_base_url` is set, else only loopback names, since "
+                          "links are then built from the request's own host")
+    admin_token_env: str = Field(
+        "COLORIZE_ADMIN_TOKEN", description="env var holding the bearer token of `GET /admin/status` "
+                                            "(stage details: model sources, nodes, batch sizes, errors); unset: off")
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
-    limits: LimitSettings = LimitSettings()
-    url_fetch: UrlFetchSettings = UrlFetchSettings()
+    limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
+    url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            if not pattern or ("*" in pattern[1:]) or (pattern.startswith("*") and pattern not in ("*",)
+                                                       and not pattern.startswith("*.")):
+                raise ValueError(f"{pattern!r}: use a host name, `*.example.com` or `*`")
+        return value
 
     @field_validator("public_base_url")
     @classmethod
@@ -72,6 +99,11 @@ class AppSettings(_StageSections):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return ("*",) if self.public_base_url else LOOPBACK_HOSTS
 
     def stage_settings(self, spec: StageSpec) -> Strict:
         """The section of ``spec`` (e.g. ``colorizers.large``)."""
@@ -133,9 +165,10 @@ def _explain(exc: ValidationError) -> str:
 
 class BatchSettings(Strict):
     """A stage's ``user_config``: live-tunable without restarting replicas."""
-    max_batch_size: int = Field(8, ge=1, le=256)
-    # The most a batch waits for more requests, and only while another batch runs (batching.py).
-    batch_wait_timeout_s: float = Field(0.02, ge=0, le=5)
+    max_batch_size: int = Field(8, ge=1, le=256, description="the most photos one batch runs")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0, le=5, description="the most a batch waits for more requests, and only while another "
+                                      "batch runs (`deployments/batching.py`)")
 
 
 def batch_settings(user_config: dict[str, Any] | None) -> BatchSettings:

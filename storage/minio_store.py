@@ -136,13 +136,22 @@ class MinioStore(ObjectStore):
     def put(self, kind: Kind, name: str, data: bytes, content_type: str) -> None:
         key = self._key(kind, name)
         canonical_type = checked_content_type(name, content_type)
+
+        def put() -> None:
+            self._call(f"put {self.bucket}/{key}", lambda: self._client.put_object(
+                self.bucket, key, io.BytesIO(data), length=len(data), content_type=canonical_type))
+
         # S3 makes an object visible only once its upload completes, so a failed put leaves nothing.
-        self._call(
-            f"put {self.bucket}/{key}",
-            lambda: self._client.put_object(
-                self.bucket, key, io.BytesIO(data), length=len(data), content_type=canonical_type
-            ),
-        )
+        try:
+            put()
+        except StorageError as exc:
+            if not _bucket_missing(exc):
+                raise
+            # The bucket went away after start (deleted, or a fresh server): check() re-creates it
+            # when create_bucket is on, and says why not otherwise; then the put is tried once more.
+            self._lifecycle_applied = False
+            self.check()
+            put()
 
     def get(self, kind: Kind, name: str) -> StoredObject | None:
         key = self._key(kind, name)
@@ -151,6 +160,8 @@ class MinioStore(ObjectStore):
         except StorageError as exc:
             if isinstance(exc.__cause__, S3Error) and exc.__cause__.code in _MISSING_CODES:
                 return None  # missing, or already removed by the lifecycle rule
+            if _bucket_missing(exc):
+                return None  # nothing can be in a bucket that is gone; the next put re-creates it
             raise
 
     def _read(self, key: str) -> StoredObject:
@@ -216,3 +227,7 @@ class MinioStore(ObjectStore):
             )
             for kind in KINDS
         ])
+
+
+def _bucket_missing(exc: StorageError) -> bool:
+    return isinstance(exc.__cause__, S3Error) and exc.__cause__.code == "NoSuchBucket"

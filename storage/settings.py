@@ -20,27 +20,30 @@ _ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class LocalStoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["local"] = "local"
-    root: Path = Path("data/storage")
-    retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, gt=0)
+    backend: Literal["local"] = Field("local", description="files on this node's disk, served by the service")
+    root: Path = Field(Path("data/storage"), description="the directory (relative: to where the service starts)")
+    retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, gt=0,
+                                   description="files (and their links) expire after this")
 
 
 class MinioStoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["minio"] = "minio"
-    endpoint: str  # 'host:port' the service uses, e.g. 'minio:9000'
-    secure: bool
-    region: str = Field("us-east-1", min_length=1)
-    bucket: str
-    access_key_env: str = "MINIO_ACCESS_KEY"
-    secret_key_env: str = "MINIO_SECRET_KEY"
-    public_endpoint: str | None = None  # 'host[:port]' browsers use; None = `endpoint`
-    public_secure: bool | None = None  # None = same as `secure`
-    url_expiry_seconds: int = Field(3600, ge=1, le=MAX_URL_EXPIRY_SECONDS)
-    lifecycle_days: int = Field(0, ge=0)  # 0 = leave the bucket's lifecycle alone
-    create_bucket: bool = True
-    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    backend: Literal["minio"] = Field("minio", description="a MinIO/S3 bucket; links are presigned GET URLs")
+    endpoint: str = Field(description="`host:port` the service uses, e.g. `minio:9000`")
+    secure: bool = Field(description="https to `endpoint` (`false`: plain http)")
+    region: str = Field("us-east-1", min_length=1, description="the bucket's region")
+    bucket: str = Field(description="the bucket for `uploads/` and `results/`")
+    access_key_env: str = Field("MINIO_ACCESS_KEY", description="name of the env var holding the access key")
+    secret_key_env: str = Field("MINIO_SECRET_KEY", description="name of the env var holding the secret key")
+    public_endpoint: str | None = Field(
+        None, description="`host[:port]` browsers use; presigned URLs are signed for it; none: `endpoint`")
+    public_secure: bool | None = Field(None, description="https for `public_endpoint`; none: as `secure`")
+    url_expiry_seconds: int = Field(3600, ge=1, le=MAX_URL_EXPIRY_SECONDS, description="presigned URL lifetime")
+    lifecycle_days: int = Field(
+        0, ge=0, description="bucket expiration rule for `uploads/` and `results/`; 0: leave the bucket's alone")
+    create_bucket: bool = Field(True, description="create the bucket at start if it is missing")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="connect and read time limit of each storage call")
 
     @field_validator("endpoint", "public_endpoint")
     @classmethod

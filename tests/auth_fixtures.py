@@ -45,56 +45,66 @@ def _postgres_bindir() -> Path | None:
     return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
 
 
-_server_url: str | None = None  # one server per test session, however many modules import the fixture
+_server: PostgresServer | None = None  # one server per test session, however many modules import the fixture
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1 that tests can stop and start again (same port and
+    data), to take the ledger away from a running service. Removed when the test process exits."""
+
+    def __init__(self) -> None:
+        bindir = _postgres_bindir()
+        if bindir is None:
+            reason = "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+            if os.environ.get("REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"{reason}, and REQUIRE_POSTGRES=1")
+            pytest.skip(f"{reason}; set REQUIRE_POSTGRES=1 to make this a failure")
+        self.bindir = bindir
+        # PostgreSQL refuses to run as root: run its tools as the `postgres` OS user then.
+        self.as_owner: list[str] = []
+        self.root = Path(tempfile.mkdtemp(prefix="colorize-pg-"))
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.root / "data", free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync",
+                  "--no-instructions", timeout=120)
+        self.start()
+        atexit.register(self.remove)
+
+    def start(self) -> None:
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options,
+                  "-w", "-t", "60", "start", timeout=90)
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
+
+    def remove(self) -> None:
+        subprocess.run(self.as_owner + [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, tool: str, *args: str, timeout: float) -> None:
+        try:
+            subprocess.run(self.as_owner + [str(self.bindir / tool), *args], check=True, capture_output=True,
+                           timeout=timeout)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
+            output = getattr(exc, "stderr", b"") or b""
+            pytest.fail(f"PostgreSQL {tool} failed: {exc}\n{output.decode(errors='replace')}\n{log}")
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    """A throwaway PostgreSQL server on 127.0.0.1: the URL of its maintenance database.
-    Stopped when the test process exits."""
-    global _server_url
-    if _server_url is None:
-        _server_url = _start_postgres()
-    return _server_url
-
-
-def _start_postgres() -> str:
-    bindir = _postgres_bindir()
-    if bindir is None:
-        reason = "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason}, and REQUIRE_POSTGRES=1")
-        pytest.skip(f"{reason}; set REQUIRE_POSTGRES=1 to make this a failure")
-    # PostgreSQL refuses to run as root: run its tools as the `postgres` OS user then.
-    as_owner: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="colorize-pg-"))
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-    try:
-        subprocess.run(as_owner + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                   "-E", "UTF8", "--no-sync", "--no-instructions"],
-                       check=True, capture_output=True, timeout=120)
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
-        subprocess.run(as_owner + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
-                                   "-o", options, "-w", "-t", "60", "start"],
-                       check=True, capture_output=True, timeout=90)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
-        output = getattr(exc, "stderr", b"") or b""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {exc}\n{output.decode(errors='replace')}\n{log}")
-
-    def stop() -> None:
-        subprocess.run(as_owner + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-    atexit.register(stop)
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    """The session's PostgreSQL server: the URL of its maintenance database."""
+    global _server
+    if _server is None:
+        _server = PostgresServer()
+    return _server.url
 
 
 @pytest.fixture

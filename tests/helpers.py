@@ -36,11 +36,11 @@ def encode(array: np.ndarray, fmt: str = "JPEG", **kwargs) -> bytes:
 
 
 class FileServer:
-    """Serves a directory on 127.0.0.1 in a thread (for URL inputs)."""
+    """Serves a directory on 127.0.0.1 in a thread (for URL inputs), on ``port`` or a free one."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, port: int = 0):
         handler = partial(_QuietHandler, directory=str(root))
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> str:

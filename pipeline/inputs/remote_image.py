@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.client
 import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -26,6 +27,7 @@ _HOST_PATTERN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|[0-9a-f:.]+")  # DNS
 _URL_SAFE_CHARS = "!#$%&'()*+,-./:;=?@[]_~"
 # NAT64 well-known prefix: such an address reaches the embedded IPv4 address through the gateway.
 _NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+log = logging.getLogger(__name__)
 
 
 class RemoteImageError(Exception):
@@ -45,10 +47,30 @@ class _Target:
     port: int
     request_path: str  # path + query, percent-encoded ASCII
 
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class _Redirect:
     location: str
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host:port`` in the form fetches compare against; ValueError when it is not one."""
+    parts = urlsplit(origin.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or port is None or parts.path not in ("", "/") \
+            or parts.query or "@" in parts.netloc:
+        raise ValueError(f"{origin!r} is not an origin like http://host:port (scheme, host and port, nothing else)")
+    host = parts.hostname.lower()
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def fetch_image_bytes(
@@ -64,14 +86,16 @@ def fetch_image_bytes(
     """Download the body of `url` (at most `max_bytes`), following redirects safely.
 
     `timeout_s` bounds connect and each read; `total_timeout_s` (default 3 * timeout_s) bounds the
-    whole fetch. Hosts in `allow_hosts` (exact names or IP literals) skip the public-address check:
-    for tests and trusted internal stores. Raises RemoteImageError (status 400, 413 or 502).
+    whole fetch. Origins in `allow_hosts` (exactly ``scheme://host:port``) skip the public-address
+    check: for tests and trusted internal stores; other ports of the same host stay refused.
+    Raises RemoteImageError (status 400, 413 or 502); its message never carries network details
+    (refused vs timed out vs TLS), which would let callers map private networks.
     """
     if max_bytes <= 0 or timeout_s <= 0:
         raise ValueError(f"max_bytes and timeout_s must be positive, got {max_bytes} and {timeout_s}")
     total = 3 * timeout_s if total_timeout_s is None else total_timeout_s
     limits = _Limits(max_bytes, timeout_s, time.monotonic() + total, ssl_context)
-    allowed = frozenset(host.strip().lower().strip("[]") for host in allow_hosts)
+    allowed = frozenset(normalize_origin(origin) for origin in allow_hosts)
     current_url = url
     for _ in range(max_redirects + 1):
         target = _parse_url(current_url)
@@ -117,11 +141,12 @@ def _resolve_allowed_addresses(target: _Target, allowed: frozenset[str]) -> list
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise RemoteImageError(502, f"could not resolve image host {target.host!r}: {exc}") from None
+        log.info("resolving %r failed: %s", target.host, exc)
+        raise RemoteImageError(502, f"could not resolve image host {target.host!r}") from None
     addresses: list[tuple[str, int]] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         ip_text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
-        if target.host not in allowed:
+        if target.origin not in allowed:
             reason = _non_public_reason(ipaddress.ip_address(ip_text))
             if reason:
                 message = f"image URL host {target.host!r} resolves to a {reason} address ({ip_text}); not allowed"
@@ -137,9 +162,10 @@ def _non_public_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
     if embedded is not None:
         reason = _non_public_reason(embedded)
         return f"{reason} (embedded in IPv6)" if reason else None
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10, not in is_private
     checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-              ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
-              ("non-global", not ip.is_global))
+              ("multicast", ip.is_multicast), ("private", ip.is_private), ("site-local", site_local),
+              ("reserved", ip.is_reserved), ("non-global", not ip.is_global))
     return next((name for name, hit in checks if hit), None)
 
 
@@ -229,9 +255,8 @@ def _fetch_once(target: _Target, addresses: list[tuple[str, int]], limits: _Limi
             raise timed_out from None
         if isinstance(exc, RemoteImageError):
             raise
-        if isinstance(exc, ssl.SSLError):
-            raise RemoteImageError(502, f"TLS with image host {target.host!r} failed: {exc}") from None
-        raise RemoteImageError(502, f"image host {target.host!r} failed: {type(exc).__name__}: {exc}") from None
+        log.info("fetching from %r failed: %s: %s", target.host, type(exc).__name__, exc)
+        raise RemoteImageError(502, f"could not fetch the image from {target.host!r}") from None
     finally:
         watchdog.stop()
     if watchdog.fired:  # an EOF forced by the watchdog can look like a complete, truncated body

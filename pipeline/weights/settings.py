@@ -21,11 +21,11 @@ class Strict(BaseModel):
 
 class ModelStoreSettings(Strict):
     """The S3/MinIO bucket `s3://` model sources are read from (credentials from env vars)."""
-    endpoint: str
-    secure: bool = True
-    region: str = "us-east-1"
-    access_key_env: str = "MODEL_STORE_ACCESS_KEY"
-    secret_key_env: str = "MODEL_STORE_SECRET_KEY"
+    endpoint: str = Field(description="`host:port` of the MinIO/S3 server holding the model bucket")
+    secure: bool = Field(True, description="https (`false`: plain http)")
+    region: str = Field("us-east-1", description="the bucket's region")
+    access_key_env: str = Field("MODEL_STORE_ACCESS_KEY", description="name of the env var holding the access key")
+    secret_key_env: str = Field("MODEL_STORE_SECRET_KEY", description="name of the env var holding the secret key")
 
 
 class ModelRuntime(Strict):
@@ -35,11 +35,13 @@ class ModelRuntime(Strict):
 
 
 class SourceRef(Strict):
-    # A local directory, hf://org/name[@revision], s3://bucket/prefix, or https://.../file (pinned by sha256)
-    source: str
-    files: tuple[str, ...] | None = None  # only these files/patterns of an hf:// or s3:// source
-    sha256: str | None = None             # pin for https:// sources (or a #sha256= fragment)
-    subpath: str | None = None            # a folder or file inside the source (e.g. checkpoint-30000/controlnet)
+    source: str = Field(description="a local directory, `hf://org/name[@revision]`, `s3://bucket/prefix`, "
+                                    "or `https://.../file` (pinned by `sha256`)")
+    files: tuple[str, ...] | None = Field(
+        None, description="only these files or patterns of an `hf://` or `s3://` source; none: all")
+    sha256: str | None = Field(None, description="pin for `https://` sources (or a `#sha256=` fragment)")
+    subpath: str | None = Field(
+        None, description="a folder or file inside the source (e.g. `checkpoint-30000/controlnet`)")
 
     def with_base_dir(self, base: Path):
         if "://" in self.source or Path(self.source).is_absolute():
@@ -63,21 +65,35 @@ class DiffusionSettings(Strict):
     The SDXL-Lightning card's settings instead: scheduler euler_trailing, guidance_scale 0 (no
     negative prompt, half the UNet work), resolution 1024.
     """
-    controlnet: SourceRef | None = None   # a diffusers ControlNet folder, unless the pipeline has one
-    unet: SourceRef | None = None         # UNet folder or state-dict file replacing the base's (SDXL-Lightning)
-    vae: SourceRef | None = None          # None: the base folder's VAE (published); or e.g. an fp16-safe SDXL VAE
-    captioner: SourceRef | None = None    # BLIP captioning model: its cleaned caption joins every prompt
-    variant: str | None = None            # e.g. "fp16" files of the base pipeline
-    scheduler: Literal["default", "euler_trailing", "unipc", "ddim", "dpmpp_2m"] = "default"
-    steps: int = Field(8, ge=1, le=100)
-    guidance_scale: float = Field(5.0, ge=0, le=30)
-    resolution: int = Field(512, ge=64, le=2048)
-    # "full_resolution": the photo's own L + the generated chroma; "published": L of the 512 px control image
-    merge: Literal["full_resolution", "published"] = "full_resolution"
-    controlnet_scale: float = Field(1.0, ge=0, le=2)
-    default_prompt: str | None = None     # None: the colorizer's neutral default (used without a captioner)
-    negative_prompt: str | None = None    # None: the published negative prompt
-    prompt_suffix: str = ""
+    controlnet: SourceRef | None = Field(
+        None, description="a diffusers ControlNet folder; none: the base pipeline's own")
+    unet: SourceRef | None = Field(
+        None, description="a UNet folder or state-dict file replacing the base's (e.g. SDXL-Lightning)")
+    vae: SourceRef | None = Field(
+        None, description="a VAE replacing the base's (e.g. the fp16-safe SDXL VAE); none: the base's own, "
+                          "as the published recipe (diffusers decodes with it upcast to fp32 in fp16)")
+    captioner: SourceRef | None = Field(
+        None, description="a BLIP captioning model, conditioned on \"a photography of\": its cleaned caption "
+                          "follows the user's prompt in every prompt")
+    variant: str | None = Field(None, description="weight variant of the base pipeline's files (e.g. `fp16`)")
+    scheduler: Literal["default", "euler_trailing", "unipc", "ddim", "dpmpp_2m"] = Field(
+        "default", description="the sampler (`default`: the base pipeline's own, as published; "
+                               "`euler_trailing`: the SDXL-Lightning card's)")
+    steps: int = Field(8, ge=1, le=100, description="denoising steps per image")
+    guidance_scale: float = Field(5.0, ge=0, le=30,
+                                  description="classifier-free guidance scale (1 or less: no guidance, "
+                                              "the negative prompt unused)")
+    resolution: int = Field(512, ge=64, le=2048, description="side of the square the model colorizes at (px)")
+    merge: Literal["full_resolution", "published"] = Field(
+        "full_resolution", description="`full_resolution`: the photo's own full-size L with the generated "
+                                       "chroma; `published`: L of the control image, resized back (docs/fidelity.md)")
+    controlnet_scale: float = Field(1.0, ge=0, le=2, description="weight of the ControlNet's conditioning")
+    default_prompt: str | None = Field(
+        None, description="prompt for requests without one when no captioner is configured; "
+                          "none: `DEFAULT_PROMPT` of `pipeline/stages/diffusion_colorizer.py`")
+    negative_prompt: str | None = Field(
+        None, description="what sampling steers away from; none: `PUBLISHED_NEGATIVE_PROMPT` of the same file")
+    prompt_suffix: str = Field("", description="text appended to every prompt")
 
     def with_base_dir(self, base: Path):
         update = {name: ref.with_base_dir(base) for name in ("controlnet", "unet", "vae", "captioner")
@@ -86,15 +102,22 @@ class DiffusionSettings(Strict):
 
 
 class ModelSettings(SourceRef):
-    architecture: str
-    weights: str | None = None                  # file in the source; default: model.safetensors / pytorch_model.bin
-    config: dict[str, Any] | str | None = None  # constructor kwargs, a published config name, or config.json
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
-    diffusion: DiffusionSettings | None = None  # required for architecture controlnet-diffusion
-    # Ray shares a GPU between fractional replicas but does not isolate its memory: each replica
-    # caps its own PyTorch allocator (e.g. 0.45 next to another replica on the same GPU).
-    max_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    """A model entry: where a stage's weights come from and how they load."""
+    architecture: str = Field(description="one of " + ", ".join(f"`{n}`" for n in (*ARCHITECTURE_NAMES, DIFFUSION))
+                                          + f" (`{DIFFUSION}`: text-guided)")
+    weights: str | None = Field(None, description="the weights file in the source; none: the first of "
+                                                  "`model.safetensors`, `pytorch_model.bin`, `model.pth`")
+    config: dict[str, Any] | str | None = Field(
+        None, description="constructor arguments, a published config name, or none: the source's `config.json`")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: CUDA when visible")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="`auto`: float16 on GPU, float32 on CPU")
+    diffusion: DiffusionSettings | None = Field(
+        None, description=f"options of the text-guided pipeline; required for (and only for) `{DIFFUSION}`")
+    # Ray shares a GPU between fractional replicas but does not isolate its memory.
+    max_gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="cap on this replica's share of GPU memory (PyTorch's allocator), "
+                                      "e.g. 0.45 next to another replica on the same GPU; none: no cap")
 
     @field_validator("architecture")
     @classmethod

@@ -8,9 +8,15 @@ import httpx
 import pytest
 
 from deployments.launch import CPU_RAY_ENV
+from deployments.proxy_hooks import CALLBACK, CALLBACK_ENV
 from tools.build_demo import model_args
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
+
+
+# The one origin the services under test may fetch image URLs from (a loopback file server's).
+URL_SERVER_PORT = free_port()
+URL_SERVER = f"http://127.0.0.1:{URL_SERVER_PORT}"
 
 
 def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overrides) -> dict:
@@ -20,7 +26,7 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
         "storage": {"backend": "local", "root": str(root / "storage"), "retention_seconds": 3600},
         **model_args(models),
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
-        "url_fetch": {"timeout_s": 5, "allow_hosts": ["127.0.0.1"]},
+        "url_fetch": {"timeout_s": 5, "allow_hosts": [URL_SERVER]},
     }
     args.update(overrides)
     return args
@@ -46,9 +52,11 @@ def serve_cluster():
     os.environ.setdefault("MINIO_SECRET_KEY", "test-secret-key")
     os.environ.setdefault("MODEL_STORE_ACCESS_KEY", "test-access-key")
     os.environ.setdefault("MODEL_STORE_SECRET_KEY", "test-secret-key")
+    os.environ.setdefault("COLORIZE_ADMIN_TOKEN", "test-admin-token")  # GET /admin/status
     # The Ray settings `make demo` uses on CPU-only machines (the multi-node test covers Ray's defaults).
     for name, value in CPU_RAY_ENV.items():
         os.environ.setdefault(name, value)
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy hooks `make demo` uses
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -88,9 +88,12 @@ def test_seed_003_routes_read_through_minio(minio_app, moto_endpoint):
 def test_unloaded_model_is_503_and_charges_nothing(minio_app):
     health = minio_app.get("/health")
     assert health.status_code == 200 and health.json()["model_loaded"] is True
-    assert health.json()["models"]["large"]["loaded"] is False
-    assert health.json()["models"]["tiny"]["source"] == "s3://models/ddcolor-tiny"
-    assert "does not exist" in health.json()["models"]["large"]["error"]
+    assert health.json()["models"] == {"large": {"loaded": False}, "tiny": {"loaded": True}}  # nothing internal
+    status = minio_app.get("/admin/status", headers={"Authorization": f"Bearer {os.environ['COLORIZE_ADMIN_TOKEN']}"})
+    assert status.status_code == 200, status.text
+    assert status.json()["stages"]["tiny"]["source"] == "s3://models/ddcolor-tiny"
+    assert "does not exist" in status.json()["stages"]["large"]["error"]
+    assert minio_app.get("/admin/status").status_code == 401
     for route, field in (("/api/v1/colorize", "image"), ("/colorize", "file")):
         response = minio_app.post(route, files={field: ("a.jpg", encode(photo(40, 30)))})
         assert response.status_code == 503

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import FileServer, encode, photo
+from tests.integration.conftest import URL_SERVER_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,7 @@ def test_image_as_text(client, tmp_path, encoding):
     data = encode(photo(120, 80))
     if encoding == "url":
         (tmp_path / "photo.jpg").write_bytes(data)
-        with FileServer(tmp_path) as base:
+        with FileServer(tmp_path, URL_SERVER_PORT) as base:
             response = client.post("/api/v1/colorize", files={"image": (None, f"{base}/photo.jpg")})
     else:
         text = base64.b64encode(data).decode()
@@ -85,7 +86,7 @@ def test_image_as_text(client, tmp_path, encoding):
 
 
 def test_url_input_errors(client, tmp_path):
-    with FileServer(tmp_path) as base:
+    with FileServer(tmp_path, URL_SERVER_PORT) as base:
         missing = client.post("/api/v1/colorize", files={"image": (None, f"{base}/nope.jpg")})
     assert missing.status_code == 400 and "404" in missing.json()["detail"]
     blocked = client.post("/api/v1/colorize", files={"image": (None, "http://169.254.169.254/latest/meta-data")})

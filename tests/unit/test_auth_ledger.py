@@ -185,6 +185,30 @@ def test_a_job_finishing_after_its_reservation_expired_is_charged_again(env: Env
     assert row["status"] == "succeeded" and "charged again" in row["note"]
 
 
+def test_a_late_job_whose_credits_ran_out_is_withheld_not_delivered_free(env: Env):
+    key = env.key(3)
+    ticket = env.ledger.open_job(key, JOB)
+    env.clock.now += 601
+    env.ledger.sweep()
+    env.ledger.finish_job(env.ledger.open_job(key, JOB), result_id="other.png", response=None)  # spent meanwhile
+    assert env.balance(key) == 0
+    with pytest.raises(InsufficientCredits):
+        env.ledger.finish_job(ticket, result_id="late.png", response=None)
+    assert env.balance(key) == 0
+    assert env.usage_rows()[0]["status"] == "failed" and "withheld" in env.usage_rows()[0]["note"]
+
+
+def test_finishing_twice_charges_once(env: Env):
+    """A commit retried after its acknowledgement was lost must not charge again."""
+    key = env.key(10)
+    ticket = env.ledger.open_job(key, JOB, "twice")
+    env.ledger.finish_job(ticket, result_id="r.png", response={"outputUrl": "u"})
+    env.ledger.finish_job(ticket, result_id="r.png", response={"outputUrl": "u"})
+    assert env.balance(key) == 7
+    assert [row["status"] for row in env.usage_rows()] == ["succeeded"]
+    assert env.ledger.open_job(key, JOB, "twice").replay == {"outputUrl": "u"}
+
+
 def test_rate_limit_refuses_with_retry_after_and_refills(env: Env):
     key = env.key(100, rate_per_s=0.5, burst=2)
     cheap = JobRequest("POST /api/v1/colorize", price=1)

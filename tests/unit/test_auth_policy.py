@@ -183,6 +183,85 @@ def test_ledger_outage_is_a_503_with_retry_after(service: Service, monkeypatch):
     assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "5"}
 
 
+def test_a_commit_that_fails_for_a_while_is_retried_and_charged_once(tmp_path: Path, monkeypatch):
+    service = Service(tmp_path, commit_retry_s=5)
+    key, key_id = service.key(10)
+    finish, failures = service.access.ledger.finish_job, []
+
+    def flaky(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(service.access.ledger, "finish_job", flaky)
+    admission = asyncio.run(service.request({"x-api-key": key}))
+    assert admission.response is not None and len(failures) == 2
+    assert service.balance(key_id) == 8
+    service.access.close()
+
+
+def test_a_result_whose_charge_cannot_be_committed_is_withheld_and_released(tmp_path: Path, monkeypatch):
+    service = Service(tmp_path, commit_retry_s=0.3)
+    key, key_id = service.key(10)
+
+    def down(*args, **kwargs):
+        raise OperationalError("UPDATE", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(service.access.ledger, "finish_job", down)
+
+    async def scenario():
+        with pytest.raises(AccessDenied) as caught:
+            await service.request({"x-api-key": key})
+        await service.access.drain()  # the release runs once the ledger answers (here: at once)
+        return caught.value
+
+    refusal = asyncio.run(scenario())
+    assert refusal.status == 503 and refusal.headers == {"Retry-After": "5"} and "not delivered" in refusal.detail
+    assert service.balance(key_id) == 10
+    assert service.accounts.usage(limit=5)[0]["status"] == "failed"
+    service.access.close()
+
+
+def test_identify_checks_the_key_from_headers_without_taking_anything(service: Service):
+    key, key_id = service.key(10, rate_per_s=0.01, burst=1)
+    asyncio.run(service.access.identify(V1, Headers({"x-api-key": key})))
+    asyncio.run(service.access.identify(V1, Headers({"x-api-key": key})))  # read-only: the token is still there
+    for headers, status in [({}, 401), ({"x-api-key": key[:-1] + "x"}, 401)]:
+        with pytest.raises(AccessDenied) as refused:
+            asyncio.run(service.access.identify(V1, Headers(headers)))
+        assert refused.value.status == status
+    asyncio.run(service.request({"x-api-key": key}))  # takes the only token
+    with pytest.raises(AccessDenied) as limited:
+        asyncio.run(service.access.identify(V1, Headers({"x-api-key": key})))
+    assert limited.value.status == 429 and int(limited.value.headers["Retry-After"]) >= 1
+    assert service.balance(key_id) == 8
+
+
+def test_failed_authentications_are_throttled_per_address(tmp_path: Path):
+    service = Service(tmp_path, failed_auth_rate_per_s=0.01, failed_auth_burst=3)
+    key, _ = service.key(10)
+    wrong = key[:-1] + ("a" if key[-1] != "a" else "b")
+
+    async def attempt(headers: dict, client: str) -> int:
+        try:
+            await service.access.identify(V1, Headers(headers), client)
+            return 200
+        except AccessDenied as refusal:
+            return refusal.status
+
+    async def scenario():
+        guesses = [await attempt({"x-api-key": wrong}, "10.0.0.1") for _ in range(5)]
+        right_key_same_address = await attempt({"x-api-key": key}, "10.0.0.1")
+        other_address = await attempt({"x-api-key": key}, "10.0.0.2")
+        return guesses, right_key_same_address, other_address
+
+    guesses, same, other = asyncio.run(scenario())
+    assert guesses == [401, 401, 401, 429, 429]  # the burst of failures, then refused before looking
+    assert same == 429 and other == 200          # per address
+    service.access.close()
+
+
 def test_a_locked_ledger_does_not_block_the_event_loop(service: Service):
     key, key_id = service.key(10)
     path = service.url.removeprefix("sqlite:///")

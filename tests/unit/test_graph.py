@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from ray.exceptions import ActorDiedError
 
 from deployments.graph import Graph
-from service.jobs import JobPlan, StageUnavailable
+from service.jobs import JobPlan, StageFailed, StageUnavailable
 from pipeline.errors import ModelNotLoadedError
 
 
@@ -114,4 +115,33 @@ def test_a_job_that_meets_an_unloaded_model_refreshes_the_view():
         with pytest.raises(StageUnavailable, match="not loaded: weights missing"):
             await graph.run(JobPlan(model="tiny"), np.zeros((4, 4, 3), np.uint8))
         assert (await graph.statuses(wait_s=1))["tiny"]["loaded"] is False  # despite the hour-long TTL
+    asyncio.run(scenario())
+
+
+class DyingOnce:
+    """A stage whose replica dies under the first call; Serve sends the retry to a live one."""
+
+    def __init__(self, deaths: int = 1):
+        self.deaths, self.calls = deaths, 0
+        self.status = SimpleNamespace(remote=lambda: StandInStage(LOADED)._answer())
+
+    def remote(self, image, options):
+        async def answer():
+            self.calls += 1
+            if self.calls <= self.deaths:
+                raise ActorDiedError()
+            return await image if asyncio.iscoroutine(image) else image
+        return answer()
+
+
+def test_a_job_is_retried_once_when_a_replica_dies():
+    async def scenario():
+        tiny = DyingOnce(deaths=1)
+        image = np.full((4, 4, 3), 7, np.uint8)
+        assert (await make_graph(tiny=tiny).run(JobPlan(model="tiny"), image) == image).all()
+        assert tiny.calls == 2
+        twice = DyingOnce(deaths=2)
+        with pytest.raises(StageFailed) as failed:
+            await make_graph(tiny=twice).run(JobPlan(model="tiny"), image)
+        assert twice.calls == 2 and "actor" not in str(failed.value).lower()  # no Ray internals
     asyncio.run(scenario())

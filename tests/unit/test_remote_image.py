@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -20,7 +20,6 @@ from pipeline.inputs.remote_image import USER_AGENT, RemoteImageError, fetch_ima
 pytestmark = pytest.mark.timeout(30)
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
-LOOPBACK = frozenset({"127.0.0.1"})
 FIFTY_MB = 50 * 1024 * 1024
 PUBLIC_IP = "93.184.216.34"
 
@@ -112,7 +111,11 @@ def server() -> Iterator[_RecordingServer]:
 
 
 def _fetch(url: str, **kwargs: object) -> bytes:
-    return fetch_image_bytes(url, **{"max_bytes": 1_000_000, "timeout_s": 2.0, "allow_hosts": LOOPBACK, **kwargs})
+    """Fetch with the URL's own origin allowed (test servers live on loopback)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}" if parts.port else url
+    return fetch_image_bytes(url, **{"max_bytes": 1_000_000, "timeout_s": 2.0, "allow_hosts": frozenset({origin}),
+                                     **kwargs})
 
 
 def _expect_error(status: int, url: str, **kwargs: object) -> RemoteImageError:
@@ -273,9 +276,35 @@ def test_host_resolving_to_any_private_address_is_refused(monkeypatch: pytest.Mo
     assert "10.0.0.7" in error.message
 
 
-def test_tls_handshake_failure_is_a_bad_gateway(server: _RecordingServer) -> None:
+def test_tls_handshake_failure_is_a_bad_gateway(server: _RecordingServer, caplog: pytest.LogCaptureFixture) -> None:
     https_url = server.base.replace("http://", "https://") + "/image"  # plain HTTP behind https
-    assert "TLS" in _expect_error(502, https_url).message
+    with caplog.at_level("INFO", logger="pipeline.inputs.remote_image"):
+        assert _expect_error(502, https_url).message == "could not fetch the image from '127.0.0.1'"
+    assert "SSL" in caplog.text  # the reason goes to the log, not to the client
+
+
+def test_network_failures_look_alike_to_the_client(server: _RecordingServer) -> None:
+    """Refused, reset and TLS failures give one message: clients cannot map ports with it."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    refused = _expect_error(502, f"http://127.0.0.1:{port}/image").message
+    tls = _expect_error(502, server.base.replace("http://", "https://") + "/image").message
+    assert refused == tls == "could not fetch the image from '127.0.0.1'"
+
+
+def test_only_the_exact_allowed_origin_skips_the_private_address_check(server: _RecordingServer) -> None:
+    other_port = f"http://127.0.0.1:{server.server_address[1] + 1}"
+    error = _expect_error(400, server.base + "/image", allow_hosts=frozenset({other_port}))
+    assert "loopback" in error.message
+    assert _fetch(server.base + "/image", allow_hosts=frozenset({server.base})) == IMAGE
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "fec0:abcd::7"])
+def test_site_local_ipv6_is_refused(monkeypatch: pytest.MonkeyPatch, no_connect: None, address: str) -> None:
+    _fake_network(monkeypatch, {"site.example": [address]})
+    assert "site-local" in _expect_error(400, "http://site.example/a.png", allow_hosts=frozenset()).message
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +331,7 @@ def tls_server(certificate: tuple[Path, Path]) -> Iterator[_RecordingServer]:
 @pytest.mark.parametrize(("host", "trusted"), [("img.test", True), ("other.test", True), ("img.test", False)])
 def test_https_verifies_certificate_against_the_url_host(
     tls_server: _RecordingServer, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
-    host: str, trusted: bool,
+    host: str, trusted: bool, caplog: pytest.LogCaptureFixture,
 ) -> None:
     _fake_network(monkeypatch, {host: [PUBLIC_IP]}, tls_server.server_address[1])
     context = ssl.create_default_context(cafile=str(certificate[0])) if trusted else None
@@ -310,6 +339,6 @@ def test_https_verifies_certificate_against_the_url_host(
     if host == "img.test" and trusted:  # the one name the certificate vouches for, from a trusted issuer
         assert fetch() == IMAGE and tls_server.requests[0][1]["Host"] == host
         return
-    with pytest.raises(RemoteImageError, match="(?i)certificate") as caught:
+    with pytest.raises(RemoteImageError) as caught, caplog.at_level("INFO", logger="pipeline.inputs.remote_image"):
         fetch()
-    assert caught.value.status == 502
+    assert caught.value.status == 502 and "certificate" in caplog.text.lower()

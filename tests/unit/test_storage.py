@@ -266,6 +266,32 @@ def test_minio_without_create_bucket_reports_missing_bucket(moto_endpoint: str) 
         store.check()
 
 
+def test_minio_recreates_a_bucket_that_went_away(moto_endpoint: str) -> None:
+    """S3 back but the bucket gone (deleted, or a fresh server): the next put re-creates it with
+    its lifecycle rule, instead of every request failing until someone creates it by hand."""
+    store = _minio_store(moto_endpoint, lifecycle_days=2)
+    store.check()
+    raw = _raw_client(moto_endpoint)
+    raw.delete_bucket_lifecycle(store.bucket)
+    raw.remove_bucket(store.bucket)
+    missing = new_object_name("png")
+    assert store.get("results", missing) is None  # a read of a gone bucket is "not found", not an outage
+    name = new_object_name("png")
+    store.put("results", name, b"\x89PNG", "image/png")
+    assert raw.bucket_exists(store.bucket) and store.get("results", name).data == b"\x89PNG"  # type: ignore[union-attr]
+    assert raw.get_bucket_lifecycle(store.bucket) is not None
+
+
+def test_minio_without_create_bucket_says_why_a_put_fails(moto_endpoint: str) -> None:
+    store = _minio_store(moto_endpoint)
+    store.check()
+    raw = _raw_client(moto_endpoint)
+    raw.remove_bucket(store.bucket)
+    store.create_bucket = False
+    with pytest.raises(StorageError, match="does not exist"):
+        store.put("results", new_object_name("png"), b"x", "image/png")
+
+
 def test_minio_public_url_is_presigned_for_public_endpoint(moto_endpoint: str) -> None:
     store = _minio_store(
         moto_endpoint, public_endpoint="cdn.example.com", public_secure=True, url_expiry_seconds=900
