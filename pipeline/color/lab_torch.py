@@ -134,28 +134,38 @@ _STEPS = 16                    # per axis; the 8 corner weights sum to 16**3 = 2
 
 @functools.lru_cache(maxsize=None)
 def _grid_lightness(device: torch.device) -> torch.Tensor:
-    """(33, 33, 33) int32 tabulated L (in 1/16384 of 100) indexed [R, G, B], read back from OpenCV."""
+    """Tabulated L (in 1/16384 of 100) at the 33**3 grid colours, read back from OpenCV, as a flat
+    int32 table indexed ((R * 34) + G) * 34 + B; the 34th node repeats the 33rd, so a cell's +1
+    corner needs no clamping (its weight is 0 there)."""
     steps = np.arange(_GRID, dtype=np.float32) / np.float32(_GRID - 1)
     red, green, blue = np.meshgrid(steps, steps, steps, indexing="ij")
     colours = np.stack([red, green, blue], axis=-1).reshape(-1, 1, 3)
     lightness = cv2.cvtColor(colours, cv2.COLOR_RGB2Lab)[:, 0, 0].astype(np.float64)
     nodes = np.rint(lightness * (1 << _BASE_SHIFT) / 100.0).astype(np.int32).reshape(_GRID, _GRID, _GRID)
-    return torch.from_numpy(nodes).to(device)
+    nodes = np.pad(nodes, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    return torch.from_numpy(nodes.reshape(-1)).to(device)
 
 
 def rgb_lightness(rgb: torch.Tensor) -> torch.Tensor:
     """(N,3,H,W) sRGB in [0,1] -> (N,1,H,W) L in [0,100], as OpenCV's float RGB2Lab computes it."""
-    nodes = _grid_lightness(rgb.device)
+    table = _grid_lightness(rgb.device)
     fixed = torch.round(rgb.float().clamp(0.0, 1.0) * float(1 << _BASE_SHIFT)).to(torch.int32)  # half to even
     cell = fixed >> _CELL_SHIFT
     fraction = (fixed >> _FRACTION_SHIFT) & (_STEPS - 1)
-    total = torch.zeros_like(fixed[:, :1])
-    for offset in range(8):  # corners: +1 on R if offset & 4, on G if & 2, on B if & 1
-        index, weight = [], 1
-        for axis, bit in enumerate((4, 2, 1)):
-            step = 1 if offset & bit else 0
-            index.append((cell[:, axis:axis + 1] + step).clamp(max=_GRID - 1))
-            weight = weight * (fraction[:, axis:axis + 1] if step else _STEPS - fraction[:, axis:axis + 1])
-        total = total + nodes[index[0], index[1], index[2]] * weight
-    lightness = (total + (1 << 11)) >> 12  # OpenCV's rounding descale of the 2**12 weight sum
-    return lightness.float() * (100.0 / (1 << _BASE_SHIFT))  # exact: 100/16384 is a short binary fraction
+    side = _GRID + 1
+    origin = (cell[:, 0] * side + cell[:, 1]) * side + cell[:, 2]
+    fx, fy, fz = fraction[:, 0], fraction[:, 1], fraction[:, 2]
+
+    def node(dx: int, dy: int, dz: int) -> torch.Tensor:
+        index = origin + ((dx * side + dy) * side + dz)
+        return table.index_select(0, index.reshape(-1)).reshape(origin.shape)
+
+    def lerp(low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return low * (_STEPS - weight) + high * weight
+
+    # Integer arithmetic is exact, so interpolating axis by axis gives OpenCV's 8-corner sum exactly.
+    along_b = [[lerp(node(dx, dy, 0), node(dx, dy, 1), fz) for dy in (0, 1)] for dx in (0, 1)]
+    along_g = [lerp(along_b[dx][0], along_b[dx][1], fy) for dx in (0, 1)]
+    total = lerp(along_g[0], along_g[1], fx)  # weights sum to 16**3 = 2**12
+    lightness = (total + (1 << 11)) >> 12  # OpenCV's rounding descale
+    return (lightness.float() * (100.0 / (1 << _BASE_SHIFT)))[:, None]  # exact: 100/16384 is a short binary fraction
