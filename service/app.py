@@ -25,11 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from auth import Access
 from storage import ObjectStore
 
+from . import api_docs
 from .app_check_api import AppCheckApi
-from .errors import APP_CHECK_API, KEY_API, error_response
+from .cors import add_cors
+from .errors import APP_CHECK_API, CREDITS_HEADER, KEY_API, error_response
 from .jobs import Jobs, StageRunner
-from .key_api import KeyApi
+from .key_api import KeyApi, credits_remaining
 from .settings import AppSettings
+from .workbench import workbench_routes
 
 log = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "x-request-id"
@@ -49,6 +52,8 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
     app_check_api = AppCheckApi(settings, jobs, access, base_url)
     routes = [
         Route("/api/v1/colorize", on(KEY_API, key_api.colorize), methods=["POST"]),
+        Route("/api/v1/account", on(KEY_API, key_api.account), methods=["GET"]),
+        Route("/api/v1/pricing", on(KEY_API, key_api.pricing), methods=["GET"]),
         Route("/health", on(APP_CHECK_API, app_check_api.health), methods=["GET"]),
         Route("/upload", on(APP_CHECK_API, app_check_api.upload), methods=["POST"]),
         Route("/colorize", on(APP_CHECK_API, app_check_api.colorize), methods=["POST"]),
@@ -56,6 +61,11 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         Route("/results/{filename}", on(APP_CHECK_API, app_check_api.result_file), methods=["GET"]),
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
         Route("/admin/status", on(APP_CHECK_API, app_check_api.admin_status), methods=["GET"]),
+        # Every route is described in service/openapi.py (tests/unit/test_openapi.py keeps both lists equal).
+        Route("/openapi.json", api_docs.openapi_document, methods=["GET"]),
+        Route("/docs", api_docs.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", api_docs.docs_asset, methods=["GET"]),
+        *(workbench_routes() if settings.workbench else []),
     ]
 
     @asynccontextmanager
@@ -69,6 +79,9 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
                     exception_handlers={HTTPException: _routing_error})  # unknown path (404), method (405)
     # Links are built from the request's host unless public_base_url is set: only trusted hosts.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts()), www_redirect=False)
+    # Cross-origin pages (cors.allow_origins): outside the host check, so even its refusal is
+    # readable by them, and inside JsonErrors, which re-sends a refused preflight as {"detail"}.
+    add_cors(app, settings.cors)
     app.add_middleware(JsonErrors)  # middlewares' own plain-text refusals in the documented shape
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -78,9 +91,13 @@ def on(contract: str, endpoint: Endpoint) -> Endpoint:
     """``endpoint`` answering its failures the way ``contract`` documents them (service.errors)."""
     async def answer(request: Request) -> Response:
         try:
-            return await endpoint(request)
+            response = await endpoint(request)
         except Exception as exc:
-            return error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
+            response = error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
+        credits = credits_remaining(request)
+        if credits is not None:
+            response.headers[CREDITS_HEADER] = str(credits)
+        return response
     answer.__name__ = endpoint.__name__
     return answer
 

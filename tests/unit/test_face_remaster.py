@@ -239,6 +239,36 @@ def test_chunked_forwards_give_the_same_pictures(restorer, astronaut) -> None:
     assert np.abs(one_pass - chunked).max() <= 1
 
 
+def test_max_faces_restores_only_the_largest_faces(restorer, astronaut) -> None:
+    """A crowd photo costs what a portrait does: past ``max_faces``, the smaller faces stay as they were."""
+    canvas = np.zeros((512, 768, 3), np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[:256, 512:] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    large, small = astronaut_face(), shifted(astronaut_face(scale=0.5), 512)
+    detector = MeasuredFaces({canvas.shape: [small, large]})  # the smaller face first: size decides, not order
+    x0, y0, x1, y1 = (int(v) for v in small.box)
+    near_small = (slice(max(0, y0 - 30), y1 + 30), slice(x0 - 30, x1 + 30))
+
+    one = changed(FaceRemaster(restorer, detector, max_faces=1).remaster(canvas), canvas)
+    both = changed(FaceRemaster(restorer, detector, max_faces=2).remaster(canvas), canvas)
+    assert both[near_small].any() and both[:, :512].any()  # each face is restorable on its own
+    assert not one[near_small].any(), "max_faces=1 restored the smaller face too"
+    assert np.array_equal(one[:, :512], both[:, :512])  # the largest face, restored the same way
+    with pytest.raises(ValueError, match="max_faces"):
+        FaceRemaster(restorer, detector, max_faces=0)
+
+
+def test_the_stage_table_passes_max_faces_to_the_stage(tmp_path, detector) -> None:
+    from pipeline.weights.settings import ModelRuntime
+    from service.stages import FaceRemasterSection, stage
+    from tools.build_demo import DEMO_MODELS
+
+    DEMO_MODELS["face"](tmp_path / "face", 0)
+    section = FaceRemasterSection(restorer={"architecture": "gfpgan", "source": str(tmp_path / "face")}, max_faces=2)
+    loaded = stage("face_remaster").load(section, ModelRuntime(cache_dir=tmp_path / "cache"))
+    assert loaded.max_faces == 2
+
+
 def test_rejects_images_that_are_not_rgb_uint8(restorer) -> None:
     with pytest.raises(ValueError, match="image 1"):
         FaceRemaster(restorer, MeasuredFaces({})).run_batch([data.coffee(), data.camera()])
