@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
                      help="large: text-guided, better quality (default); tiny: much faster")
     job.add_argument("--clean-scratches", action="store_true", help="repair scratches and dust first (+1 credit)")
     job.add_argument("--face-remaster", action="store_true", help="restore faces last (+2 credits)")
-    job.add_argument("--prompt", help="text guidance for the large model, up to 300 characters (default: a caption)")
+    job.add_argument("--prompt", help="text guidance for the large model, up to 300 characters "
+                     "(put before the photo's caption)")
     job.add_argument("--seed", type=int, help="0-4294967295: the same photo, prompt and seed give the same result")
     run = p.add_argument_group("how to run")
     run.add_argument("--api", default=os.environ.get(API_ENV) or DEFAULT_API, metavar="URL",

@@ -151,7 +151,8 @@ GUIDANCE_FIELDS = {
     "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS,
                "description": f"Optional text guidance for the `large` (text-guided) model, at most "
                               f"{MAX_PROMPT_CHARS} characters once runs of whitespace are collapsed; no control "
-                              "characters. Default: a cleaned caption of the photo. Ignored by `tiny`.",
+                              "characters. Put before the cleaned BLIP caption of the photo (the seed-003 recipe). "
+                              "Ignored by `tiny`.",
                "examples": ["a red barn under a blue sky"]},
     "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
              "description": "Optional: the same image, prompt and seed give the same output. Default: random.",
