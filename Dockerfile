@@ -29,6 +29,8 @@ COPY --chown=ray:users service ./service
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users storage ./storage
 COPY --chown=ray:users auth ./auth
+COPY --chown=ray:users colorize_client ./colorize_client
+COPY --chown=ray:users workbench ./workbench
 COPY --chown=ray:users serve_config.yaml serve_config.demo.yaml ./
 RUN pip install --no-cache-dir --no-deps -e .
 

@@ -1,6 +1,7 @@
 # make demo  - install (once) and serve tiny locally built models, offline, on 127.0.0.1:8000
 # make test  - install (once) and run the test suite
 # make serve - the same service with the published weights of serve_config.yaml
+# make screenshot - retake docs/workbench.png in headless Chromium
 # make bench - graph vs bare model vs a FastAPI peer, overload, memory, profile (~8 min, loopback only)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ PORT   ?= 8000
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo serve test check-config bench clean
+.PHONY: install demo serve test test-browser-deps screenshot check-config bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +33,21 @@ check-config: install
 	$(BIN)/python -m deployments.launch serve_config.yaml --check
 	$(BIN)/python -m deployments.launch serve_config.demo.yaml --check
 
-test: install
+# The browser tests drive Debian's Chromium (Playwright cannot download a browser offline): installed
+# with apt when missing and we are root; otherwise those tests are skipped (REQUIRE_BROWSER=1 fails them).
+test-browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "chromium is missing: sudo apt-get install chromium chromium-driver (browser tests skip without it)"; fi; }
+
+test: install test-browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# docs/workbench.png, taken by the workbench's browser test
+screenshot: install test-browser-deps
+	WORKBENCH_SCREENSHOT=$(CURDIR)/docs/workbench.png REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_browser.py -k test_workbench_colorizes_three_photos
 
 bench: install
 	@# The bench extra (FastAPI peer, py-spy) only when missing: editable reinstalls take a while.

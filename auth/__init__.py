@@ -3,11 +3,11 @@
 The ingress calls ``Access.admit`` at exactly one place per request. ``PolicyAccess`` puts
 API keys (credit ledger, rate limits, idempotency) and Firebase App Check behind that call.
 """
-from .access import AccessDenied, Access, Admission, JobRequest, OpenAccess, request_fingerprint
+from .access import AccessDenied, Access, Account, Admission, JobRequest, OpenAccess, request_fingerprint
 from .demo import ensure_demo_key
 from .policy import PolicyAccess
 from .settings import AppCheckSettings, AuthSettings
 
-__all__ = ["Access", "AccessDenied", "Admission", "AppCheckSettings", "AuthSettings", "JobRequest", "OpenAccess",
-           "PolicyAccess", "ensure_demo_key",
+__all__ = ["Access", "AccessDenied", "Account", "Admission", "AppCheckSettings", "AuthSettings", "JobRequest",
+           "OpenAccess", "PolicyAccess", "ensure_demo_key",
            "request_fingerprint"]

@@ -9,13 +9,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+KEYS_NOT_CONFIGURED = "API key access is not enabled or not configured on this server"
+
+
 class AccessDenied(Exception):
     """Refused before any work: 400 (bad Idempotency-Key), 401 (who are you), 403 (no credits),
-    409 (Idempotency-Key reused for another request, or still running), 429 (slow down), 503 (not configured)."""
+    409 (Idempotency-Key reused for another request, or still running), 429 (slow down), 503 (not configured).
+    ``credits_remaining``: the key's balance when the key was identified before the refusal (403, 409, 429)."""
 
-    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None):
+    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None,
+                 credits_remaining: int | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, dict(headers or {})
+        self.credits_remaining = credits_remaining
+
+
+@dataclass(frozen=True)
+class Account:
+    """What a key holder may read about their own key (``Access.account``)."""
+    key_id: str
+    name: str | None
+    credits: int
+    rate_per_s: float   # the key's own rate limit, or the configured default
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,9 @@ class Admission:
     result_id: str | None = None          # set by the ingress once the result is stored
     response: dict[str, Any] | None = None  # set by the ingress on success
     replay: dict[str, Any] | None = None    # set by admit: the stored body of an earlier success
+    # The key's balance: set by admit (after the reservation) and again once the job is settled
+    # (after the charge or the release); None when no API key was identified.
+    credits_remaining: int | None = None
     pixel_check: Callable[[int], Awaitable[None]] | None = field(default=None, repr=False)  # set by admit
 
     async def count_pixels(self, pixels: int) -> None:
@@ -70,6 +89,11 @@ class Access(ABC):
         Leaving the body normally means success (charge); an exception means failure (no charge).
         ``client`` is the caller's address (failed attempts are throttled per address)."""
 
+    @abstractmethod
+    async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
+        """The presented API key's own account (charges nothing); raise AccessDenied (401, 429 after
+        repeated failures from ``client``, 503)."""
+
 
 class OpenAccess(Access):
     """No authentication configured: every caller is admitted and nothing is charged."""
@@ -78,3 +102,6 @@ class OpenAccess(Access):
     async def admit(self, job: JobRequest, headers: Mapping[str, str],
                     client: str | None = None) -> AsyncIterator[Admission]:
         yield Admission(principal="anonymous")
+
+    async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
+        raise AccessDenied(503, KEYS_NOT_CONFIGURED)

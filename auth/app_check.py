@@ -1,4 +1,4 @@
-"""Firebase App Check token verification (seed 003's routes), via firebase_admin.
+"""Firebase App Check token verification (the App Check API's routes), via firebase_admin.
 
 ``verify`` is blocking (the first call fetches Google's signing keys, cached 6 hours): the
 access layer runs it in a thread. Every failure is an ``AppCheckRejected`` whose message is

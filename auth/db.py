@@ -107,6 +107,3 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
     return engine
 
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .access import JobRequest
+from .access import Account, JobRequest
 from .db import api_keys, idempotency, usage
 from .keys import InvalidKeyFormat, hash_matches, parse_key
 from .ratelimit import pixel_tokens, take_token
@@ -35,9 +35,10 @@ class Refusal(Exception):
     """The ledger refuses the request; ``status`` is the HTTP status to answer with."""
     status = 400
 
-    def __init__(self, detail: str, retry_after_s: int | None = None):
+    def __init__(self, detail: str, retry_after_s: int | None = None, credits_remaining: int | None = None):
         super().__init__(detail)
         self.detail, self.retry_after_s = detail, retry_after_s
+        self.credits_remaining = credits_remaining  # the key's balance, once the key was identified
 
 
 class Unauthorized(Refusal):
@@ -65,6 +66,7 @@ class Ticket:
     started_at: float = 0.0
     idempotency_key: str | None = None
     replay: dict[str, Any] | None = None
+    balance: int = 0  # the key's credits once this ticket was opened (its price already taken out)
 
 
 class Ledger:
@@ -79,39 +81,43 @@ class Ledger:
         """Read-only: the key's id when it may send a job now (known, not revoked, a token in its
         bucket), else a Refusal. Lets the HTTP layer refuse before it reads a request body;
         ``open_job`` decides for real, under the key's lock."""
-        try:
-            presented = parse_key(presented_key or "")
-        except InvalidKeyFormat:
-            raise Unauthorized(INVALID_KEY) from None
+        presented = _parse(presented_key)
         with self.engine.connect().execution_options(read_only=True) as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)).first()
+            row = self._authenticated_row(conn, presented, lock=False)
+        bucket = take_token(row.bucket_tokens, row.bucket_at, self.clock(), rate_per_s=row.rate_per_s or
+                            self.default_rate_per_s, burst=row.burst or self.default_burst)  # computed, not taken
+        if not bucket.allowed:
+            raise RateLimited(RATE_LIMITED, bucket.retry_after_s, credits_remaining=row.balance)
+        return row.key_id
+
+    def account(self, presented_key: str | None) -> Account:
+        """The presented key's own account: balance and effective rate limit. Charges nothing,
+        takes no rate-limit token, writes nothing."""
+        presented = _parse(presented_key)
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            row = self._authenticated_row(conn, presented, lock=False)
+        return Account(key_id=row.key_id, name=row.name or None, credits=row.balance,
+                       rate_per_s=row.rate_per_s or self.default_rate_per_s, burst=row.burst or self.default_burst)
+
+    @staticmethod
+    def _authenticated_row(conn: Connection, presented, *, lock: bool):
+        query = select(api_keys).where(api_keys.c.key_id == presented.key_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         if not hash_matches(row.key_hash if row else None, presented.key_hash):
             raise Unauthorized(INVALID_KEY)
         if row.revoked_at is not None:
             raise Unauthorized(REVOKED_KEY)
-        bucket = take_token(row.bucket_tokens, row.bucket_at, self.clock(), rate_per_s=row.rate_per_s or
-                            self.default_rate_per_s, burst=row.burst or self.default_burst)  # computed, not taken
-        if not bucket.allowed:
-            raise RateLimited(RATE_LIMITED, bucket.retry_after_s)
-        return row.key_id
+        return row
 
     def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
         """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
-        try:
-            presented = parse_key(presented_key or "")
-        except InvalidKeyFormat:
-            raise Unauthorized(INVALID_KEY) from None
+        presented = _parse(presented_key)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Refusal(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         now = self.clock()
         refusal: Refusal | None = None
         with self.engine.begin() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_id == presented.key_id)
-                               .with_for_update()).first()
-            if not hash_matches(row.key_hash if row else None, presented.key_hash):
-                raise Unauthorized(INVALID_KEY)
-            if row.revoked_at is not None:
-                raise Unauthorized(REVOKED_KEY)
+            row = self._authenticated_row(conn, presented, lock=True)
             bucket = take_token(row.bucket_tokens, row.bucket_at, now, rate_per_s=row.rate_per_s or
                                 self.default_rate_per_s, burst=row.burst or self.default_burst)
             if not bucket.allowed:
@@ -120,15 +126,16 @@ class Ledger:
             else:
                 conn.execute(update(api_keys).where(api_keys.c.key_id == row.key_id)
                              .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
-                ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now)
+                ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now, row.balance)
                 if isinstance(ticket_or_refusal, Refusal):
                     refusal = ticket_or_refusal
                 else:
                     return ticket_or_refusal
+            refusal.credits_remaining = row.balance  # nothing was taken: the row as locked
         raise refusal  # raised after the commit, so the bucket and the usage row are kept
 
     def _idempotent_reserve(self, conn: Connection, key_id: str, job: JobRequest, idempotency_key: str | None,
-                            now: float) -> Ticket | Refusal:
+                            now: float, balance: int) -> Ticket | Refusal:
         if idempotency_key is not None:
             earlier = conn.execute(select(idempotency).where(
                 idempotency.c.key_id == key_id, idempotency.c.idempotency_key == idempotency_key)).first()
@@ -143,7 +150,8 @@ class Ledger:
                 if earlier.status == "in_progress":
                     return IdempotencyConflict("a request with this Idempotency-Key is still in progress; "
                                                "retry once it has finished")
-                return Ticket(key_id=key_id, idempotency_key=idempotency_key, replay=json.loads(earlier.response))
+                return Ticket(key_id=key_id, idempotency_key=idempotency_key, replay=json.loads(earlier.response),
+                              balance=balance)
         reserved = conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.balance >= job.price)
                                 .values(balance=api_keys.c.balance - job.price))
         if reserved.rowcount != 1:
@@ -158,7 +166,7 @@ class Ledger:
                 key_id=key_id, idempotency_key=idempotency_key, fingerprint=job.fingerprint or "",
                 status="in_progress", usage_id=usage_id, created_at=now, expires_at=deadline))
         return Ticket(key_id=key_id, usage_id=usage_id, price=job.price, started_at=now,
-                      idempotency_key=idempotency_key)
+                      idempotency_key=idempotency_key, balance=balance - job.price)  # the row is locked
 
     def take_pixel_tokens(self, ticket: Ticket, pixels: int, megapixels_per_token: float | None) -> int:
         """A large photo's extra tokens (``ratelimit.pixel_tokens``), taken from the key's bucket once
@@ -182,11 +190,12 @@ class Ledger:
                          .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
         return count
 
-    def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> None:
+    def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> int | None:
         """The job succeeded: keep the reserved credits, store the response for replays. Safe to repeat
-        (a retry after a commit whose acknowledgement was lost charges nothing more)."""
+        (a retry after a commit whose acknowledgement was lost charges nothing more). Returns the
+        key's balance after the charge (None for a replay: nothing changed)."""
         if ticket.usage_id is None:
-            return  # a replay: nothing was reserved
+            return None  # a replay: nothing was reserved
         now = self.clock()
         refusal: Refusal | None = None
         with self.engine.begin() as conn:
@@ -215,13 +224,17 @@ class Ledger:
                     idempotency.c.usage_id == ticket.usage_id).values(
                     status="succeeded", response=json.dumps(body, default=str),
                     expires_at=now + self.idempotency_ttl_s))
+            balance = _balance(conn, ticket.key_id)
         if refusal is not None:
+            refusal.credits_remaining = balance
             raise refusal  # after the commit: the usage row says why
+        return balance
 
-    def fail_job(self, ticket: Ticket, note: str) -> None:
-        """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried."""
+    def fail_job(self, ticket: Ticket, note: str) -> int | None:
+        """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried.
+        Returns the key's balance after the release (None for a replay: nothing changed)."""
         if ticket.usage_id is None:
-            return
+            return None
         now = self.clock()
         with self.engine.begin() as conn:
             self._release(conn, ticket.usage_id, ticket.key_id, ticket.price, note, now, ticket.started_at)
@@ -229,6 +242,7 @@ class Ledger:
                 conn.execute(delete(idempotency).where(
                     idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
                     idempotency.c.usage_id == ticket.usage_id, idempotency.c.status == "in_progress"))
+            return _balance(conn, ticket.key_id)
 
     def sweep(self, limit: int = 500) -> int:
         """Give back reservations past their deadline (their process died) and drop expired
@@ -267,6 +281,17 @@ class Ledger:
                         idempotency_key: str | None) -> None:
         conn.execute(usage.insert().values(**_job_columns(key_id, job, idempotency_key), status="refused",
                                            note=note, started_at=now, finished_at=now, duration_s=0.0))
+
+
+def _parse(presented_key: str | None):
+    try:
+        return parse_key(presented_key or "")
+    except InvalidKeyFormat:
+        raise Unauthorized(INVALID_KEY) from None
+
+
+def _balance(conn: Connection, key_id: str) -> int:
+    return conn.execute(select(api_keys.c.balance).where(api_keys.c.key_id == key_id)).scalar_one()
 
 
 def _job_columns(key_id: str, job: JobRequest, idempotency_key: str | None) -> dict[str, Any]:

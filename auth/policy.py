@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .access import Access, AccessDenied, Admission, JobRequest
+from .access import KEYS_NOT_CONFIGURED, Access, AccessDenied, Account, Admission, JobRequest
 from .app_check import APP_CHECK_DENIED, AppCheckRejected, AppCheckVerifier
 from .db import make_engine
 from .ledger import Ledger, Refusal, Ticket
@@ -30,7 +30,6 @@ from .ratelimit import FailureThrottle
 from .settings import AuthSettings
 
 log = logging.getLogger(__name__)
-KEYS_NOT_CONFIGURED = "API key access is not enabled or not configured on this server"
 APP_CHECK_NOT_CONFIGURED = "App Check is not enabled or not configured on this server"
 LEDGER_UNAVAILABLE_RETRY_S = "5"
 
@@ -125,7 +124,7 @@ class PolicyAccess(Access):
             raise AccessDenied(503, KEYS_NOT_CONFIGURED)
         self._maybe_sweep()
         ticket = await self._checked(client, self._open(job, headers.get("x-api-key"), headers.get("idempotency-key")))
-        admission = Admission(principal=ticket.key_id, replay=ticket.replay,
+        admission = Admission(principal=ticket.key_id, replay=ticket.replay, credits_remaining=ticket.balance,
                               pixel_check=lambda pixels: self._take_pixel_tokens(ticket, pixels))
         try:
             yield admission
@@ -135,10 +134,12 @@ class PolicyAccess(Access):
         except BaseException as exc:  # including CancelledError: the client went away
             note = "cancelled (client went away)" if isinstance(exc, asyncio.CancelledError) \
                 else f"{type(exc).__name__}: {exc}"
-            await self._settle(self.ledger.fail_job, ticket, note[:500])
+            balance = await self._settle(self.ledger.fail_job, ticket, note[:500])
+            admission.credits_remaining = admission.credits_remaining if balance is None else balance
             raise
         else:
-            await self._commit(ticket, admission)
+            balance = await self._commit(ticket, admission)
+            admission.credits_remaining = admission.credits_remaining if balance is None else balance
 
     async def _take_pixel_tokens(self, ticket: Ticket, pixels: int) -> None:
         if ticket.replay is None:
@@ -155,19 +156,20 @@ class PolicyAccess(Access):
         except (Refusal, SQLAlchemyError) as exc:
             raise _denied(exc) from None
 
-    async def _commit(self, ticket: Ticket, admission: Admission) -> None:
+    async def _commit(self, ticket: Ticket, admission: Admission) -> int | None:
         """Charge before answering: a result is handed out only once its charge is durable. The
         ledger is retried for ``commit_retry_s``; if it stays down the answer is 503 (the link is
-        never sent) and the reservation is given back as soon as the ledger answers again."""
+        never sent) and the reservation is given back as soon as the ledger answers again.
+        Returns the key's balance after the charge."""
         deadline, delay = time.monotonic() + self.commit_retry_s, 0.1
         while True:
             commit = self._spawn(asyncio.to_thread(self.ledger.finish_job, ticket, result_id=admission.result_id,
                                                    response=admission.response), log_failure=False)
             try:
-                await asyncio.shield(commit)
-                return
+                return await asyncio.shield(commit)
             except Refusal as refusal:  # the reservation expired and the credits ran out meanwhile
-                raise AccessDenied(refusal.status, refusal.detail) from None
+                raise AccessDenied(refusal.status, refusal.detail, credits_remaining=refusal.credits_remaining) \
+                    from None
             except SQLAlchemyError as exc:
                 if time.monotonic() + delay > deadline:
                     log.error("credit ledger unavailable for %.0f s: result %s withheld, not charged (%s)",
@@ -192,20 +194,27 @@ class PolicyAccess(Access):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
+        if self.ledger is None:
+            raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+        key = {name.lower(): value for name, value in headers.items()}.get("x-api-key")
+        return await self._checked(client, self._ledger_call(self.ledger.account, key))  # bad keys throttled too
+
     def _release_orphan(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
             self._spawn(asyncio.to_thread(self.ledger.fail_job, opening.result(), "cancelled (client went away)"))
 
-    async def _settle(self, settle: Callable[..., None], ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+    async def _settle(self, settle: Callable[..., int | None], ticket: Ticket, *args: Any, **kwargs: Any) -> int | None:
         """Commit or release; shielded so a second cancellation cannot skip it. A ledger error
-        here is logged, not raised: the job already ran, and the sweep releases what is left."""
+        here is logged, not raised: the job already ran, and the sweep releases what is left.
+        Returns the key's balance after it (None when unknown or unchanged)."""
         task = self._spawn(asyncio.to_thread(settle, ticket, *args, **kwargs))
         try:
-            await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             raise
         except Exception:
-            pass  # logged by _spawn's callback
+            return None  # logged by _spawn's callback
 
     def _maybe_sweep(self) -> None:
         now = self.clock()
@@ -241,7 +250,7 @@ def _denied(exc: Exception) -> AccessDenied:
     """A ledger refusal as its HTTP status; a database failure as 503 with Retry-After."""
     if isinstance(exc, Refusal):
         retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return AccessDenied(exc.status, exc.detail, retry)
+        return AccessDenied(exc.status, exc.detail, retry, exc.credits_remaining)
     log.error("credit ledger unavailable: %s", exc)
     return AccessDenied(503, "the credit ledger is unavailable; retry later",
                         {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S})

@@ -17,7 +17,7 @@ RouteAuth = Literal["api_key", "app_check", "either", "none"]
 
 DEFAULT_DATABASE_URL = "sqlite:///data/ledger.sqlite3"
 DATABASE_URL_ENV = "COLORIZE_DATABASE_URL"
-# Seed 000's key API is metered; seed 003's routes take App Check. /health, /results and
+# The key API is metered; the App Check API's routes take App Check tokens. /health, /results and
 # /uploads never call admit, so they need no entry.
 DEFAULT_ROUTES: dict[str, RouteAuth] = {
     "POST /api/v1/colorize": "api_key",

@@ -9,6 +9,7 @@ Latency and memory are those of the real networks; the colors are noise.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -46,7 +47,7 @@ def _vae(scaling_factor: float):
                          scaling_factor=scaling_factor)
 
 
-def build_sdxl(tokenizer_dir: Path):
+def build_sdxl(tokenizer_dir: Path, spacing: str = "trailing"):
     """stabilityai/stable-diffusion-xl-base-1.0 shapes + an SDXL ControlNet (from_unet)."""
     from diffusers import (ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline,
                            UNet2DConditionModel)
@@ -64,7 +65,7 @@ def build_sdxl(tokenizer_dir: Path):
         text_encoder_2=_text_encoder(1280, 32, 20, "gelu", True), tokenizer=tokenizer, tokenizer_2=tokenizer,
         unet=unet, controlnet=ControlNetModel.from_unet(unet),
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                         steps_offset=1, timestep_spacing="trailing"))
+                                         steps_offset=1, timestep_spacing=spacing))
 
 
 def build_sd21(tokenizer_dir: Path):
@@ -85,6 +86,10 @@ def build_sd21(tokenizer_dir: Path):
 
 
 SETUPS = {
+    # The published recipe (serve_config.yaml's default): the base's leading spacing, CFG 5, 512 px.
+    "sdxl-published-recipe": (functools.partial(build_sdxl, spacing="leading"),
+                              {"steps": 8, "guidance_scale": 5.0, "resolution": 512}),
+    # The SDXL-Lightning card's settings.
     "sdxl-lightning-8step": (build_sdxl, {"steps": 8, "guidance_scale": 0.0, "resolution": 1024}),
     "sd21-colorizenet-20step": (build_sd21, {"steps": 20, "guidance_scale": 9.0, "resolution": 512}),
 }

@@ -101,12 +101,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def process_name(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        argv = cmdline.read().split(b"\0")
-    return os.path.basename(argv[0].decode(errors="replace").split()[0]) if argv and argv[0] else "?"
-
-
 def _safe_cpu(pid: int) -> float:
     try:
         return process_cpu_s(pid)

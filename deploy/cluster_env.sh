@@ -6,7 +6,7 @@
 set -euo pipefail
 
 out="${1:-$HOME/.config/colorize/cluster.env}"
-required=(COLORIZE_DATABASE_URL)  # every replica must share one ledger: PostgreSQL, not per-node SQLite
+required=(COLORIZE_DATABASE_URL COLORIZE_PUBLIC_BASE_URL)  # one shared ledger (PostgreSQL); the address clients use
 optional=(MINIO_ACCESS_KEY MINIO_SECRET_KEY MODEL_STORE_ACCESS_KEY MODEL_STORE_SECRET_KEY HF_TOKEN)
 
 for name in "${required[@]}"; do

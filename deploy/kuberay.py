@@ -23,9 +23,11 @@ import yaml
 
 CLUSTER_HTTP_HOST = "0.0.0.0"
 SECRET_NAME = "colorize-secrets"
-# name -> required. The ledger must be shared by every replica (PostgreSQL), so it is required; the
-# others are needed only with MinIO storage or s3:// model sources, and their users say so loudly.
-SECRET_ENV = {"COLORIZE_DATABASE_URL": True, "MINIO_ACCESS_KEY": False, "MINIO_SECRET_KEY": False,
+# name -> required. The ledger must be shared by every replica (PostgreSQL), and links must carry the
+# address clients use (COLORIZE_PUBLIC_BASE_URL), so both are required; the others are needed only
+# with MinIO storage or s3:// model sources, and their users say so loudly.
+SECRET_ENV = {"COLORIZE_DATABASE_URL": True, "COLORIZE_PUBLIC_BASE_URL": True,
+              "MINIO_ACCESS_KEY": False, "MINIO_SECRET_KEY": False,
               "MODEL_STORE_ACCESS_KEY": False, "MODEL_STORE_SECRET_KEY": False}
 APP_DIR = "/home/ray/colorize"  # WORKDIR and COLORIZE_BASE_DIR of the Dockerfile
 GPU_MEMORY_GB = 24  # advertised as the custom resource gpu_memory_gb (A10G, L4: 24 GB); set to your GPUs'

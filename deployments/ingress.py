@@ -34,6 +34,10 @@ class Ingress:
         self.access: Access = PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess()
         if self.settings.auth is None:
             log.warning("no `auth:` configured: every route is open and nothing is charged")
+        if self.settings.links_from_request_host:
+            log.warning("public_base_url is not set: only requests to %s are answered (links are built from the "
+                        "request's host); set COLORIZE_PUBLIC_BASE_URL or public_base_url / allowed_hosts",
+                        ", ".join(self.settings.trusted_hosts()))
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(self.settings, self.graph, self.store, self.access)

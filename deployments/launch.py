@@ -22,7 +22,7 @@ import yaml
 
 from .app import DEPLOYMENT_NAMES
 from .proxy_hooks import CALLBACK, CALLBACK_ENV
-from service.settings import ConfigError, batch_settings, load_settings
+from service.settings import PUBLIC_BASE_URL_ENV, ConfigError, batch_settings, load_settings
 
 # On CPU-only boxes every thread hop and object-store round trip competes with the models for few
 # cores: run user code and routers on each process's main event loop, and pass images between
@@ -63,6 +63,20 @@ def check_config(config: dict[str, Any], *, base_dir: Path) -> list[str]:
                 except ConfigError as exc:
                     problems.append(f"app {name}, deployment {dname}: {exc}")
     return problems
+
+
+def public_links_problem(config: dict[str, Any]) -> str | None:
+    """Serving other machines without ``public_base_url`` would build links from their Host header;
+    the app then answers only loopback host names, so say so now rather than 400 every request."""
+    host = (config.get("http_options") or {}).get("host", "127.0.0.1")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    for app in config["applications"]:
+        if load_settings(app.get("args"), base_dir=Path.cwd()).links_from_request_host:
+            return (f"HOST={host} serves other machines, but app {app.get('name')!r} has no public_base_url: "
+                    f"set {PUBLIC_BASE_URL_ENV}=https://your.host (the address clients use; links in answers "
+                    "start with it), or public_base_url / allowed_hosts in the config")
+    return None
 
 
 def print_demo_keys(config: dict[str, Any]) -> None:
@@ -128,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         print_demo_keys(config)
     gpus = gpu_count()
     effective = effective_config(config, host=args.host, port=args.port, gpus=gpus)
+    exposure = public_links_problem(effective)
+    if exposure:
+        print(f"error: {exposure}", file=sys.stderr)
+        return 2
     run_dir = Path(".run")
     run_dir.mkdir(exist_ok=True)
     target = run_dir / args.config.name

@@ -20,8 +20,10 @@ from .key_api import GUIDANCE_FIELDS, guidance
 from .settings import AppSettings
 from .stages import COLORIZERS, STAGES
 
-HEALTH_PROBE_WAIT_S = 2.0
-NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # stored files are served only as the image type they are  # /health waits this long for fresh stage statuses, then answers the cached ones
+HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # stored files are served only as the image type they are
+UPLOAD_FIELDS = ("file",)
+COLORIZE_FIELDS = ("file", "model", *GUIDANCE_FIELDS)
 
 
 class AppCheckApi:
@@ -57,7 +59,7 @@ class AppCheckApi:
 
     async def upload(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /upload"), request.headers, client_address(request)):
-            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=("file",))
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=UPLOAD_FIELDS)
             data = _file_bytes(form, "file")
             filename = new_object_name(await self.jobs.image_extension(data))
             await self.jobs.put("uploads", filename, data)  # byte-for-byte as sent
@@ -67,8 +69,7 @@ class AppCheckApi:
 
     async def colorize(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /colorize"), request.headers, client_address(request)) as admission:
-            form = await read_form(request, max_bytes=self.settings.max_upload_bytes,
-                                   allowed=("file", "model", *GUIDANCE_FIELDS))
+            form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
             plan = JobPlan(model=form.choice("model", COLORIZERS, "large"), **guidance(form))
             filename = await self.jobs.run_and_store(plan, _file_bytes(form, "file"), "JPEG")
             admission.result_id = filename

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from auth import AccessDenied
 from pipeline.errors import ImageTooLargeError, InvalidImageError
 from pipeline.inputs.remote_image import RemoteImageError
+from storage import StorageError
 
 from .jobs import Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
 
@@ -23,6 +24,7 @@ log = logging.getLogger("ray.serve")
 KEY_API = "key API"              # POST /api/v1/... with X-Api-Key (seed 000)
 APP_CHECK_API = "App Check API"  # /health, /upload, /colorize, /download, ... (seed 003)
 RETRY_AFTER_S = 2
+CREDITS_HEADER = "X-Credits-Remaining"  # the key's balance, on key API answers once the key is identified
 
 
 class ApiError(Exception):
@@ -53,11 +55,14 @@ ERROR_TABLE: dict[type[BaseException], Outcome] = {
     StageFailed: Outcome(502, 500, "processing failed on our side (request id {request_id}); retry later"),
     StoreWriteFailed: Outcome(502, 500, "could not store the image; retry later"),
     StoreReadFailed: Outcome(503, 503, "storage is unavailable; retry later", RETRY_AFTER_S),
+    StorageError: Outcome(502, 500, "storage failed on our side (request id {request_id}); retry later"),
 }
 
 
 def error_response(exc: BaseException, contract: str, request_id: str) -> JSONResponse:
     """The answer to a failed request on ``contract``; unexpected failures are logged and answer 500."""
+    if isinstance(exc, AccessDenied) and exc.credits_remaining is not None:  # the key was identified first
+        return _json(exc.status, exc.detail, {**exc.headers, CREDITS_HEADER: str(exc.credits_remaining)})
     if isinstance(exc, (ApiError, AccessDenied)):  # refusals that carry their own status and headers
         return _json(exc.status, exc.detail, exc.headers)
     if isinstance(exc, RemoteImageError):  # the image URL's own failure: 400, 413 or 502

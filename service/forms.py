@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
@@ -58,7 +59,8 @@ class Form:
         value = self.text(name)
         if value is None:
             return None
-        if not value.isdigit() or not low <= int(value) <= high:
+        # ASCII only: str.isdigit() also admits digits int() refuses ("²" was a 500).
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
             raise ApiError(400, f"field '{name}' must be a whole number from {low} to {high}")
         return int(value)
 
@@ -83,8 +85,8 @@ async def read_form(request: Request, *, max_bytes: int, allowed: tuple[str, ...
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body is larger than {max_bytes // (1 << 20)} MB")
-    parser = MultiPartParser(request.headers, _limited(request, max_bytes),
-                             max_files=4, max_fields=16, max_part_size=max_bytes)
+    parser = _FilePartsParser(request.headers, _limited(request, max_bytes),
+                              max_files=4, max_fields=16, max_part_size=max_bytes)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -95,6 +97,21 @@ async def read_form(request: Request, *, max_bytes: int, allowed: tuple[str, ...
         return await _collect(form.multi_items(), allowed)
     finally:
         await form.close()
+
+
+class _FilePartsParser(MultiPartParser):
+    """Starlette reads every part without a filename as text, even image bytes sent with
+    ``Content-Type: image/jpeg``; RFC 7578 makes the filename optional (Python's ``requests``
+    with ``(None, data, "image/jpeg")`` sends no filename). Here a part declared as anything but
+    text is a file."""
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        declared = dict(part.item_headers).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if part.content_disposition is not None and declared and not declared.startswith(b"text/") \
+                and b"filename" not in parse_options_header(part.content_disposition)[1]:
+            part.content_disposition += b'; filename=""'
+        super().on_headers_finished()
 
 
 async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:

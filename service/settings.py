@@ -16,10 +16,12 @@ from pipeline.inputs.remote_image import normalize_origin
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
+from .cors import CorsSettings
 from .stages import STAGES, StageSpec
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+PUBLIC_BASE_URL_ENV = "COLORIZE_PUBLIC_BASE_URL"  # overrides public_base_url when set
 
 
 class ConfigError(ValueError):
@@ -90,6 +92,8 @@ class AppSettings(_StageSections):
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
     url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")
+    cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
+    workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -106,6 +110,11 @@ class AppSettings(_StageSections):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    @property
+    def links_from_request_host(self) -> bool:
+        """Links built from the request's Host header, trusted only for loopback names."""
+        return self.public_base_url is None and self.allowed_hosts is None
 
     def trusted_hosts(self) -> tuple[str, ...]:
         if self.allowed_hosts is not None:
@@ -130,8 +139,11 @@ class AppSettings(_StageSections):
 def load_settings(args: dict[str, Any] | None, *, base_dir: Path | None = None) -> AppSettings:
     """Validate app args and make every relative path absolute against ``base_dir``
     (the directory `serve run` was started in), since replicas may run elsewhere."""
+    args = dict(args or {})
+    if os.environ.get(PUBLIC_BASE_URL_ENV):  # per-deployment, like the database URL: no file edits
+        args["public_base_url"] = os.environ[PUBLIC_BASE_URL_ENV]
     try:
-        settings = AppSettings.model_validate(args or {})
+        settings = AppSettings.model_validate(args)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
     # `serve run` may build the app in a worker whose cwd is not where the user started it;

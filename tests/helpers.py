@@ -1,9 +1,11 @@
-"""Small shared test utilities (images, ports, a loopback file server)."""
+"""Small shared test utilities (images, ports, loopback HTTP servers)."""
 from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
+import zlib
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,17 +31,26 @@ def photo(width: int = 160, height: int = 96, seed: int = 0) -> np.ndarray:
     return np.dstack([grey, grey, grey])
 
 
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge canvas (all-zero rows compress to almost nothing)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = zlib.compress(b"\x00" * (width + 1) * height, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
 def encode(array: np.ndarray, fmt: str = "JPEG", **kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
 
 
-class FileServer:
-    """Serves a directory on 127.0.0.1 in a thread (for URL inputs), on ``port`` or a free one."""
+class LoopbackServer:
+    """Serves ``handler`` (a BaseHTTPRequestHandler class) on 127.0.0.1 in a thread, on ``port`` or a
+    free one; ``with`` gives its base URL."""
 
-    def __init__(self, root: Path, port: int = 0):
-        handler = partial(_QuietHandler, directory=str(root))
+    def __init__(self, handler, port: int = 0):
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -50,6 +61,13 @@ class FileServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FileServer(LoopbackServer):
+    """Serves a directory on 127.0.0.1 in a thread (for URL inputs), on ``port`` or a free one."""
+
+    def __init__(self, root: Path, port: int = 0):
+        super().__init__(partial(_QuietHandler, directory=str(root)), port)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -17,7 +17,8 @@ _CLIP_WORDS = ("a", "photo", "of", "man", "woman", "dog", "street", "house", "tr
                "color", "colorful", "natural", "colors", "black", "white", "portrait", "city", "car")
 _BLIP_WORDS = ("a", "an", "the", "of", "in", "on", "with", "and", "man", "woman", "people", "dog",
                "street", "house", "tree", "sky", "car", "old", "black", "white", "photo", "picture",
-               "standing", "sitting", "front", "group", "arafed", "wearing", "hat", "1920s", "city", ".", ",")
+               "standing", "sitting", "front", "group", "arafed", "wearing", "hat", "1920s", "city", ".", ",",
+               "photography", "bw", "historic", "circa", "1935")  # the caption condition and cleanup words
 _CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -83,20 +84,30 @@ def _remove_tokenizer_source(directory: Path) -> None:
     source.rmdir()
 
 
+# Five blocks: the latent is 16x smaller than the image (SD/SDXL: 8x), so a 512 px generation,
+# the published recipe's size, costs about a second on a CPU; the ControlNet's condition
+# embedding downsamples as much.
+_VAE_CHANNELS = (16, 16, 32, 32, 32)
+_VAE_GROUPS = 16
+_CONDITION_CHANNELS = (8, 8, 16, 16, 32)
+
+
 def _tiny_vae():
     from diffusers import AutoencoderKL
 
-    # Two blocks: the latent is 2x smaller than the image (the ControlNet embedding matches that).
-    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=32, sample_size=64)
+    blocks = len(_VAE_CHANNELS)
+    return AutoencoderKL(block_out_channels=_VAE_CHANNELS, in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=_VAE_GROUPS, sample_size=64)
 
 
 def _scheduler():
+    """stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json: Euler, "leading" spacing."""
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  steps_offset=1, timestep_spacing="trailing")
+                                  num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1,
+                                  timestep_spacing="leading", interpolation_type="linear", use_karras_sigmas=False)
 
 
 def _tiny_sd_unet():
@@ -116,7 +127,7 @@ def build_tiny_sd_controlnet(directory: Path, seed: int = 0) -> TinyDiffusion:
     torch.manual_seed(seed)
     tokenizer, text_encoder = _clip_text_parts(directory, projection=False)
     unet = _tiny_sd_unet()
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_CONDITION_CHANNELS)
     pipeline = StableDiffusionControlNetPipeline(
         vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=_scheduler(), safety_checker=None, feature_extractor=None, image_encoder=None,
@@ -147,7 +158,7 @@ def build_tiny_sdxl_controlnet(directory: Path, seed: int = 0) -> TinyDiffusion:
         # Hidden states of both encoders are concatenated.
         cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
         norm_num_groups=32)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_CONDITION_CHANNELS)
     pipeline = StableDiffusionXLPipeline(
         vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(), add_watermarker=False)

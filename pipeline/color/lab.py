@@ -3,13 +3,16 @@
 Models predict chroma (ab) at their own resolution; we keep the ORIGINAL full-resolution
 lightness so the output has the input's size, aspect ratio and sharpness.
 
+Pixels become floats as DDColor's upstream inference makes them (``(img / 255.0).astype(float32)``):
+a float32 division, which equals that for every uint8 value (multiplying by 1/255 does not).
+
 Memory: done in one go, the full-resolution steps hold several float32 (H, W, 3) buffers at once
 (2.2 GB peak for a 49 MP photo). Photos above ``STRIP_ABOVE_PIXELS`` are therefore converted in
 strips of rows of about ``STRIP_PIXELS`` each; only the (H, W) lightness, the uint8 result and the
-chroma widened to the photo's width at model height are full-width. Lightness by strips equals the one-shot result exactly (every step is per pixel); the
-merge differs only where the model's chroma is upsampled (one strip's rows at a time, not
-OpenCV's whole-image resize): the same taps and weights, last-bit differences in a few chroma
-values, at most one 8-bit level in the output.
+chroma widened to the photo's width at model height are full-width. Lightness by strips equals
+the one-shot result exactly (every step is per pixel); the merge differs only where the model's
+chroma is upsampled (one strip's rows at a time, not OpenCV's whole-image resize): the same taps
+and weights, last-bit differences in a few chroma values, at most one 8-bit level in the output.
 """
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ import numpy as np
 AB_MIN, AB_MAX = -128.0, 127.0
 STRIP_ABOVE_PIXELS = 1 << 23  # 8 MiP (a 3840x2160 frame is below): smaller photos take the one-shot path
 STRIP_PIXELS = 1 << 19        # about 0.5 MP per strip: 6 MB per float32 RGB buffer
+
+
+def unit_float(rgb: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1], bit-identical to upstream's ``(rgb / 255.0).astype(np.float32)``."""
+    return rgb.astype(np.float32) / np.float32(255.0)
 
 
 def lightness(rgb: np.ndarray) -> np.ndarray:
@@ -33,15 +41,16 @@ def lightness(rgb: np.ndarray) -> np.ndarray:
 
 
 def _lightness(rgb: np.ndarray) -> np.ndarray:
-    lab = cv2.cvtColor(rgb.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_RGB2Lab)
-    return lab[..., 0]
+    return cv2.cvtColor(unit_float(rgb), cv2.COLOR_RGB2Lab)[..., 0]
 
 
 def model_lightness(rgb: np.ndarray, size: int) -> np.ndarray:
-    """L of the image resized to the model's square input (area filter avoids aliasing)."""
-    interpolation = cv2.INTER_AREA if min(rgb.shape[:2]) >= size else cv2.INTER_CUBIC
-    small = cv2.resize(rgb, (size, size), interpolation=interpolation)
-    return lightness(small)
+    """L of the image resized to the model's square input as DDColor's upstream inference does it
+    (piddnad/DDColor ddcolor/pipeline.py): the float image, ``cv2.resize`` with its default
+    INTER_LINEAR (no antialiasing, also when shrinking), then L. The networks were trained and
+    published with this input; an area filter gives a different L (up to 16 units at edges)."""
+    small = cv2.resize(unit_float(rgb), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[..., 0]
 
 
 def merge_lightness_ab(full_lightness: np.ndarray, ab: np.ndarray, *,

@@ -3,8 +3,19 @@
 DDColor's upstream inference builds its grey input with OpenCV on float32 images; doing the
 same conversions in torch lets a whole batch's resizing and Lab merge stay on the accelerator
 instead of in single-threaded OpenCV on the host.
+
+For RGB -> L, OpenCV does not evaluate the CIE formula on float sRGB input: it rounds each
+channel to 1/16384 and interpolates trilinearly (fixed point, 1/16 steps inside a cell) between
+Lab values tabulated on a 33x33x33 grid of RGB colours (``RGB2Lab_f`` with
+``enableRGB2LabInterpolation`` in OpenCV's color_lab.cpp). That differs from the exact formula
+by up to ~0.25 L in dark tones, so ``rgb_lightness`` reproduces it step by step (bit-identical);
+the grid's L values are read from OpenCV itself (at grid colours the interpolation returns the
+node exactly).
 """
 
+import functools
+
+import cv2
 import numpy as np
 import torch
 
@@ -25,8 +36,6 @@ _OFFSET = 16.0 / 116.0
 _L_THRESHOLD = _EPSILON * _KAPPA
 _F_THRESHOLD = _SLOPE * _EPSILON + _OFFSET
 _GAMMA_TABLE_SIZE = 1024
-# Linear sRGB -> Y (D65), as OpenCV's RGB2Lab (the white point's Y is 1).
-_Y_FROM_LINEAR = (0.212671, 0.715160, 0.072169)
 
 
 def _inverse_f(f: torch.Tensor) -> torch.Tensor:
@@ -115,13 +124,48 @@ def grey_rgb_from_lightness(lightness: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(torch.cat((lightness, zeros, zeros), dim=1))
 
 
-def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+_BASE_SHIFT = 14               # channels are rounded to 1/2**14 (LAB_BASE)
+_GRID = 33                     # nodes per axis (LAB_LUT_DIM), cells of 2**9 steps
+_CELL_SHIFT = _BASE_SHIFT - 5
+_FRACTION_SHIFT = _BASE_SHIFT - 9  # position inside a cell in 16 steps
+_STEPS = 16                    # per axis; the 8 corner weights sum to 16**3 = 2**12
+
+
+
+@functools.lru_cache(maxsize=None)
+def _grid_lightness(device: torch.device) -> torch.Tensor:
+    """Tabulated L (in 1/16384 of 100) at the 33**3 grid colours, read back from OpenCV, as a flat
+    int32 table indexed ((R * 34) + G) * 34 + B; the 34th node repeats the 33rd, so a cell's +1
+    corner needs no clamping (its weight is 0 there)."""
+    steps = np.arange(_GRID, dtype=np.float32) / np.float32(_GRID - 1)
+    red, green, blue = np.meshgrid(steps, steps, steps, indexing="ij")
+    colours = np.stack([red, green, blue], axis=-1).reshape(-1, 1, 3)
+    lightness = cv2.cvtColor(colours, cv2.COLOR_RGB2Lab)[:, 0, 0].astype(np.float64)
+    nodes = np.rint(lightness * (1 << _BASE_SHIFT) / 100.0).astype(np.int32).reshape(_GRID, _GRID, _GRID)
+    nodes = np.pad(nodes, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    return torch.from_numpy(nodes.reshape(-1)).to(device)
 
 
 def rgb_lightness(rgb: torch.Tensor) -> torch.Tensor:
-    """(N,3,H,W) sRGB in [0,1] -> (N,1,H,W) L in [0,100]."""
-    linear = srgb_to_linear(rgb.float().clamp(0.0, 1.0))
-    weights = torch.tensor(_Y_FROM_LINEAR, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
-    y = (linear * weights).sum(dim=1, keepdim=True)
-    return torch.where(y > _EPSILON, 116.0 * torch.pow(y.clamp_min(1e-12), 1.0 / 3.0) - 16.0, _KAPPA * y)
+    """(N,3,H,W) sRGB in [0,1] -> (N,1,H,W) L in [0,100], as OpenCV's float RGB2Lab computes it."""
+    table = _grid_lightness(rgb.device)
+    fixed = torch.round(rgb.float().clamp(0.0, 1.0) * float(1 << _BASE_SHIFT)).to(torch.int32)  # half to even
+    cell = fixed >> _CELL_SHIFT
+    fraction = (fixed >> _FRACTION_SHIFT) & (_STEPS - 1)
+    side = _GRID + 1
+    origin = (cell[:, 0] * side + cell[:, 1]) * side + cell[:, 2]
+    fx, fy, fz = fraction[:, 0], fraction[:, 1], fraction[:, 2]
+
+    def node(dx: int, dy: int, dz: int) -> torch.Tensor:
+        index = origin + ((dx * side + dy) * side + dz)
+        return table.index_select(0, index.reshape(-1)).reshape(origin.shape)
+
+    def lerp(low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return low * (_STEPS - weight) + high * weight
+
+    # Integer arithmetic is exact, so interpolating axis by axis gives OpenCV's 8-corner sum exactly.
+    along_b = [[lerp(node(dx, dy, 0), node(dx, dy, 1), fz) for dy in (0, 1)] for dx in (0, 1)]
+    along_g = [lerp(along_b[dx][0], along_b[dx][1], fy) for dx in (0, 1)]
+    total = lerp(along_g[0], along_g[1], fx)  # weights sum to 16**3 = 2**12
+    lightness = (total + (1 << 11)) >> 12  # OpenCV's rounding descale
+    return (lightness.float() * (100.0 / (1 << _BASE_SHIFT)))[:, None]  # exact: 100/16384 is a short binary fraction

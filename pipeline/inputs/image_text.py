@@ -1,4 +1,4 @@
-"""The seed-000 ``image`` field may be text: an http(s) URL, base64, or a data URL."""
+"""The key API's ``image`` field may be text: an http(s) URL, base64, or a data URL."""
 from __future__ import annotations
 
 import base64

@@ -1,12 +1,17 @@
-"""Image captions (BLIP) that become the diffusion colorizer's prompt.
+"""Image captions (BLIP) that become part of the diffusion colorizer's prompt.
 
-BLIP describes an old photo as "a black and white photo of a man in the 1920s"; fed to a
-text-guided colorizer, "black and white" and the decade pull the result back towards grey
-or sepia. ``clean_caption`` keeps only the content ("a man").
+As the seed-003 service makes them (nick8592/text-guided-image-colorization, ``gradio_ui.py``):
+BLIP-large captions the grey control image *conditioned* on the text "a photography of" (the
+decoded caption starts with those words), with ``generate``'s defaults as the model folder sets
+them, and ``remove_unlikely_words`` then deletes a fixed list of phrases. The colorization
+ControlNet was trained and published with prompts made this way.
+
+The deletion is the published one, quirks included: plain substring deletion in list order, so
+it also cuts inside words ("bw" out of "subway", "setting" out of "settings"), leaves double
+spaces, and deletes a year before the "year 1935" phrase that contains it could match.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,68 +20,68 @@ from PIL import Image
 
 from pipeline.errors import ModelLoadError
 
-_YEAR = r"(?:1[89]\d0'?s|1[89]\d\d|'\d0s)"  # 1920s, 1920's, 1935, '20s (photography era only)
-_CLEANUP_RULES = [  # (pattern, replacement), applied in order
-    # BLIP artifacts ("arafed man", "araffe woman"): tokens from its noisy web-caption training data.
-    (r"\bar+af+\w*", " "),
-    # "taken in the early 1920s", "circa 1935", "from the '20s"; the preposition goes with the year.
-    (rf"(?:\b(?:taken|photographed)\s+)?(?:\b(?:in|from|during|around|circa|ca\.|c\.)\s+)?(?:\bthe\s+)?"
-     rf"(?:\b(?:early|mid|late)[\s-]+)?(?<![\w']){_YEAR}(?![\w'])", " "),
-    # Words that say "no color"; they would steer the model back to grey.
-    (r"\b(?:black[\s-]*(?:and|&|n)[\s-]*white|b\s*&\s*w|b/w|gr[ae]y[\s-]?scaled?|monochrom(?:e|atic)"
-     r"|sepia(?:[\s-]toned)?|desaturated|colou?rless)\b", " "),
-    # "an old photograph", "vintage picture", "historical photo" -> "photo" (dropped below if dangling).
-    (r"\b(?:an?\s+)?(?:(?:very|really)\s+)?(?:old|vintage|antique|historic(?:al)?|retro|archival)"
-     r"(?:[\s-]+(?:fashioned|style|looking))?\s+(?:photo(?:graph)?|picture|image|pic|snapshot)s?\b", " photo "),
-    (r"\ban\s+old\b", " a "),
-    (r"\b(?:photo(?:graph)?|picture|image|pic|snapshot)s?\b", " photo "),
-]
-_CLEANUPS = [(re.compile(pattern, re.IGNORECASE), replacement) for pattern, replacement in _CLEANUP_RULES]
-# "there is a photo of a man" / "photo of a man" -> "a man"; "a man in a photo" -> "a man".
-_PHOTO_PREFIX = re.compile(
-    r"^(?:(?:there|this|it)\s+is\s+)?(?:(?:a|an|the)\s+)?photo\s+(?:of|showing|with)\s+", re.IGNORECASE)
-_PHOTO_SUFFIX = re.compile(r"\s+(?:(?:in|on|from)\s+)?(?:(?:a|an|the)\s+)?photo$", re.IGNORECASE)
-_DOUBLE_ARTICLE = re.compile(r"\b(?:a|an|the)\s+(a|an|the)\b", re.IGNORECASE)
-_DANGLING_END = re.compile(r"(?:\s+(?:a|an|the|of|in|on|from|with|and|at|is|are|taken|during|circa))+$", re.IGNORECASE)
-_DANGLING_START = re.compile(r"^(?:(?:of|in|on|from|with|and|at|is)\s+)+", re.IGNORECASE)
-_FILLER_WORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "is", "photo", "there", "this", "it", "taken"}
+CAPTION_CONDITION = "a photography of"
+
+_YEARS = range(1900, 2000)
+_DECADES = [f"{year}s" for year in _YEARS]
+_SPACED = [" ".join(decade[:4]) for decade in _DECADES]  # "1 9 2 0", as BLIP's tokenizer may spell a year
+# The published list's own phrases, in its order (it deletes "bw" before "bw,", so the latter never matches).
+_PHRASES = (
+    "black and white,", "black and white", "black & white,", "black & white", "circa",
+    "balck and white,", "monochrome,", "black-and-white,", "black-and-white photography,",
+    "black - and - white photography,", "monochrome bw,", "black white,", "black an white,",
+    "grainy footage,", "grainy footage", "grainy photo,", "grainy photo", "b&w photo",
+    "back and white", "back and white,", "monochrome contrast", "monochrome", "grainy",
+    "grainy photograph,", "grainy photograph", "low contrast,", "low contrast", "b & w",
+    "grainy black-and-white photo,", "bw", "bw,", "grainy black-and-white photo",
+    "b & w,", "b&w,", "b&w!,", "b&w", "black - and - white,", "bw photo,", "grainy  photo,",
+    "black-and-white photo,", "black-and-white photo", "black - and - white photography",
+    "b&w photo,", "monochromatic photo,", "grainy monochrome photo,", "monochromatic",
+    "blurry photo,", "blurry,", "blurry photography,", "monochromatic photo",
+    "black - and - white photograph,", "black - and - white photograph", "black on white,",
+    "black on white", "black-and-white", "historical image,", "historical picture,",
+    "historical photo,", "historical photograph,", "archival photo,", "taken in the early",
+    "taken in the late", "taken in the", "historic photograph,", "restored,", "restored",
+    "historical photo", "historical setting,",
+    "historic photo,", "historic", "desaturated!!,", "desaturated!,", "desaturated,", "desaturated",
+    "taken in", "shot on leica", "shot on leica sl2", "sl2",
+    "taken with a leica camera", "leica sl2", "leica", "setting",
+    "overcast day", "overcast weather", "slight overcast", "overcast",
+    "picture taken in", "photo taken in",
+    ", photo", ",  photo", ",   photo", ",    photo", ", photograph",
+    ",,", ",,,", ",,,,", " ,", "  ,", "   ,", "    ,",
+)
+UNLIKELY_WORDS: tuple[str, ...] = (
+    *_DECADES, *(str(year) for year in _YEARS), *(f"year {year}" for year in _YEARS),
+    *(f"circa {year}" for year in _YEARS), *(f"{spaced} s" for spaced in _SPACED), *_SPACED,
+    *(f"year {spaced}" for spaced in _SPACED), *(f"circa {spaced}" for spaced in _SPACED), *_PHRASES,
+)
 
 
-def clean_caption(text: str) -> str:
-    """Strip "black and white", "old photo", years, BLIP artifacts; "" if nothing meaningful is left."""
-    caption = " " + text.strip().lower() + " "
-    for pattern, replacement in _CLEANUPS:
-        caption = pattern.sub(replacement, caption)
-    caption = re.sub(r"\s+", " ", caption).strip()
-    caption = re.sub(r"\s+([,.;:!?])", r"\1", caption)           # "man , dog" -> "man, dog"
-    caption = re.sub(r"([,.;:!?])(?:\s*[,.;:!?])+", r"\1", caption)  # ", ," / ",." -> ","
-    caption = caption.strip(" ,.;:!?-'\"")
-    previous = None
-    while previous != caption:  # removals can expose another dangling word or prefix
-        previous = caption
-        caption = _PHOTO_PREFIX.sub("", caption)
-        caption = _PHOTO_SUFFIX.sub("", caption)
-        caption = _DOUBLE_ARTICLE.sub(r"\1", caption)
-        caption = _DANGLING_END.sub("", caption)
-        caption = _DANGLING_START.sub("", caption)
-        caption = caption.strip(" ,.;:!?-'\"")
-    words = re.findall(r"[^\W\d_]{2,}", caption)
-    return caption if any(word not in _FILLER_WORDS for word in words) else ""
+def remove_unlikely_words(caption: str) -> str:
+    """The published caption cleanup: every phrase of ``UNLIKELY_WORDS`` deleted, in order."""
+    for phrase in UNLIKELY_WORDS:
+        caption = caption.replace(phrase, "")
+    return caption
 
 
 class Captioner:
-    """BLIP image captioning; one batched, greedy ``generate`` per batch (batch == singles)."""
+    """BLIP captioning conditioned on ``condition``; one batched ``generate`` per batch.
 
-    def __init__(self, model: torch.nn.Module, processor, *, max_new_tokens: int = 30):
+    ``generate`` runs with the model folder's generation defaults (greedy, 20 tokens for
+    Salesforce/blip-image-captioning-*), as the published service calls it.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor, *, condition: str = CAPTION_CONDITION):
         self.model = model.eval()
         self.processor = processor
-        self.max_new_tokens = max_new_tokens
+        self.condition = condition
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
 
     @classmethod
     def from_pretrained(cls, directory: Path, *, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, max_new_tokens: int = 30) -> Captioner:
+                        dtype: torch.dtype = torch.float32, condition: str = CAPTION_CONDITION) -> Captioner:
         """Load e.g. Salesforce/blip-image-captioning-large from a local folder (no network)."""
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -86,17 +91,17 @@ class Captioner:
             model = BlipForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
         except (OSError, ValueError, KeyError) as error:
             raise ModelLoadError(f"cannot load the BLIP captioner from {directory}: {error}") from error
-        return cls(model.to(device), processor, max_new_tokens=max_new_tokens)
+        return cls(model.to(device), processor, condition=condition)
 
     @torch.inference_mode()
     def caption_batch(self, images: list[np.ndarray]) -> list[str]:
-        """uint8 RGB (H, W, 3) images -> raw captions (see ``clean_caption``)."""
+        """uint8 RGB (H, W, 3) images -> raw captions, starting with the condition text."""
         if not images:
             return []
+        # The condition tokenizes to the same ids for every image: no padding, so batch == singles.
         inputs = self.processor(images=[Image.fromarray(image).convert("RGB") for image in images],
-                                return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
-        # Greedy decoding: deterministic, and an item's caption does not depend on its batch.
-        tokens = self.model.generate(pixel_values=pixel_values, max_new_tokens=self.max_new_tokens,
-                                     do_sample=False, num_beams=1)
-        return [caption.strip() for caption in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+                                text=[self.condition] * len(images), return_tensors="pt")
+        tokens = self.model.generate(pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                                     input_ids=inputs["input_ids"].to(self.device),
+                                     attention_mask=inputs["attention_mask"].to(self.device))
+        return [self.processor.decode(sequence, skip_special_tokens=True) for sequence in tokens]

@@ -1,18 +1,27 @@
 """Text-guided colorization: Stable Diffusion (1.x/2.x or SDXL) + a colorization ControlNet.
 
-The ControlNet sees the grayscale image, the text encoder a prompt (the user's, a cleaned
-BLIP caption, or a default). Only the chroma of the generated image is kept: its Lab ab is
-upsampled to the original size and merged with the ORIGINAL full-resolution L, so geometry,
-detail and tones are the photo's own even where diffusion hallucinates texture.
+By default this is the seed-003 service's published recipe (nick8592/text-guided-image-colorization
+``gradio_ui.py`` and the Hugging Face Space built from it), step for step:
 
-Choices:
-* The control image is the grayscale photo *stretched* to ``resolution`` square (no padding):
-  a batch needs one size, the chroma is stretched back exactly, and padding would spend
-  pixels on borders the model tries to colorize. Very wide/tall photos (> ~3:1) distort.
-* No style suffix is appended by default (``prompt_suffix=""``): colorization ControlNets are
-  trained on plain captions of color photos; a deployment may still configure one.
-* Prompts: whitespace (tabs/newlines) is collapsed; other control/format characters and more
-  than ``MAX_PROMPT_CHARS`` characters are rejected (``InvalidPromptError``, a ValueError).
+1. control image: the photo converted to grey by PIL (``convert("L").convert("RGB")``) and resized
+   to ``resolution`` (512) square with PIL's bicubic filter; generation at that size.
+2. BLIP captions that control image conditioned on "a photography of"; the caption loses the
+   published list of unlikely words (``pipeline.stages.captioner``).
+3. prompt = user prompt + ", " + caption: the caption is always used; without a user prompt the
+   prompt starts with ", " as in the published app. (Without a captioner: the user prompt, else
+   ``default_prompt``.)
+4. the pipeline's own scheduler as loaded (SDXL base: Euler, "leading" spacing), guidance 5.0
+   with the published negative prompt, the seed's CPU generator.
+5. Lab merge (``merge``): "published" takes L from the 512 px control image and a/b from the
+   generated image in PIL's 8-bit Lab, then resizes the result to the photo's size (PIL bicubic).
+   "full_resolution" (the default, a deliberate departure) keeps the photo's own full-resolution
+   L and only takes the generated chroma, upsampled bilinearly: the output keeps the input's
+   sharpness, as every colorizer of this service does. See docs/fidelity.md.
+
+The control image is stretched to a square (no padding): a batch needs one size and the chroma is
+stretched back exactly; very wide or tall photos (> ~3:1) distort, as in the published app.
+Prompts: whitespace (tabs/newlines) is collapsed; other control/format characters and more than
+``MAX_PROMPT_CHARS`` characters are rejected (``InvalidPromptError``, a ValueError).
 """
 from __future__ import annotations
 
@@ -24,15 +33,20 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from pipeline.stages.captioner import Captioner, clean_caption
-from pipeline.errors import ModelLoadError
-from pipeline.color.lab import lightness, merge_lightness_ab
-from pipeline.inputs.prompts import validate_prompt, validate_seed
+from PIL import Image
 
-DEFAULT_PROMPT = "a photo with natural, realistic colors"
-DEFAULT_NEGATIVE_PROMPT = "black and white, grayscale, monochrome, sepia, desaturated, low quality, blurry"
-# name -> (diffusers scheduler class, config overrides). "euler_trailing" is what few-step
-# distilled UNets (SDXL-Lightning) were trained for; "ddim" matches ColorizeNet's 20 DDIM steps.
+from pipeline.color.lab import lightness, merge_lightness_ab
+from pipeline.errors import ModelLoadError
+from pipeline.inputs.prompts import validate_prompt, validate_seed
+from pipeline.stages.captioner import Captioner, remove_unlikely_words
+
+DEFAULT_PROMPT = "a photo with natural, realistic colors"  # only without a captioner
+PUBLISHED_NEGATIVE_PROMPT = ("low quality, bad quality, low contrast, black and white, bw, monochrome, grainy, "
+                             "blurry, historical, restored, desaturate")
+MERGES = ("full_resolution", "published")
+# name -> (diffusers scheduler class, config overrides). "default" keeps the folder's own scheduler
+# (the published recipe); "euler_trailing" is what the SDXL-Lightning card recommends for its
+# distilled UNets; "ddim" matches ColorizeNet's 20 DDIM steps.
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "unipc": ("UniPCMultistepScheduler", {}),
@@ -71,34 +85,44 @@ def _load_unet(unet: Path, base: Path, dtype: torch.dtype):
     return model
 
 
+def published_lab_merge(control: Image.Image, generated: Image.Image) -> Image.Image:
+    """The published ``apply_color``: L of the control image, a and b of the generated one, in PIL's
+    8-bit Lab, back to RGB."""
+    lightness_channel = control.convert("LAB").getchannel("L")
+    _, a, b = generated.convert("LAB").split()
+    return Image.merge("LAB", (lightness_channel, a, b)).convert("RGB")
+
+
 class DiffusionColorizer:
-    def __init__(self, pipeline, *, steps: int, guidance_scale: float, resolution: int,
-                 default_prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                 captioner: Captioner | None = None, prompt_suffix: str = "", controlnet_scale: float = 1.0):
+    def __init__(self, pipeline, *, steps: int = 8, guidance_scale: float = 5.0, resolution: int = 512,
+                 merge: str = "full_resolution", default_prompt: str = DEFAULT_PROMPT,
+                 negative_prompt: str = PUBLISHED_NEGATIVE_PROMPT, captioner: Captioner | None = None,
+                 prompt_suffix: str = "", controlnet_scale: float = 1.0):
         multiple = pipeline.vae_scale_factor * 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
         if resolution <= 0 or resolution % multiple:
             raise ValueError(f"resolution must be a positive multiple of {multiple} for this model, got {resolution}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if merge not in MERGES:
+            raise ValueError(f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
         self.pipeline = pipeline
-        self.steps, self.guidance_scale, self.resolution = steps, guidance_scale, resolution
+        self.steps, self.guidance_scale, self.resolution, self.merge = steps, guidance_scale, resolution, merge
         self.default_prompt, self.negative_prompt = default_prompt, negative_prompt
         self.captioner, self.prompt_suffix, self.controlnet_scale = captioner, prompt_suffix, controlnet_scale
 
     @classmethod
     def from_pretrained(cls, directory: Path, *, controlnet: Path | None = None, unet: Path | None = None,
-                        vae: Path | None = None, variant: str | None = None, scheduler: str = "euler_trailing",
+                        vae: Path | None = None, variant: str | None = None, scheduler: str = "default",
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                        steps: int, guidance_scale: float, resolution: int,
-                        default_prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                        captioner: Captioner | None = None, prompt_suffix: str = "",
-                        controlnet_scale: float = 1.0) -> DiffusionColorizer:
+                        **options) -> DiffusionColorizer:
         """Load a local diffusers pipeline folder (never the network).
 
         ``controlnet``: a diffusers ControlNet folder, needed unless ``directory`` is a ControlNet
         pipeline with a controlnet/ subfolder. ``unet``: a UNet folder or state-dict file replacing
-        the base UNet (e.g. SDXL-Lightning). ``vae``: e.g. an fp16-safe SDXL VAE. ``variant``
-        (e.g. "fp16") applies to the pipeline folder's files only.
+        the base UNet (e.g. SDXL-Lightning). ``vae``: e.g. an fp16-safe SDXL VAE instead of the
+        folder's own (in fp16, diffusers decodes with the stock SDXL VAE upcast to fp32).
+        ``variant`` (e.g. "fp16") applies to the pipeline folder's files only. ``options``: the
+        constructor's (steps, guidance_scale, resolution, merge, prompts, captioner, ...).
         """
         import diffusers
 
@@ -132,26 +156,22 @@ class DiffusionColorizer:
         if class_name:
             pipeline.scheduler = getattr(diffusers, class_name).from_config(pipeline.scheduler.config, **overrides)
         pipeline.set_progress_bar_config(disable=True)
-        return cls(pipeline.to(device), steps=steps, guidance_scale=guidance_scale, resolution=resolution,
-                   default_prompt=default_prompt, negative_prompt=negative_prompt, captioner=captioner,
-                   prompt_suffix=prompt_suffix, controlnet_scale=controlnet_scale)
+        return cls(pipeline.to(device), **options)
 
-    def prompts_for(self, images: list[np.ndarray], prompts: list[str | None]) -> list[str]:
-        """User prompt, else the cleaned caption, else the default (captions only where needed)."""
+    def prompts_for(self, controls: list[Image.Image], prompts: list[str | None]) -> list[str]:
+        """User prompt + ", " + the cleaned caption of the control image (the published prompt);
+        without a captioner, the user prompt, else the default."""
         prompts = [validate_prompt(prompt) for prompt in prompts]
-        missing = [i for i, prompt in enumerate(prompts) if prompt is None]
-        if missing and self.captioner is not None:
-            captions = self.captioner.caption_batch([images[i] for i in missing])
-            for i, caption in zip(missing, captions):
-                prompts[i] = clean_caption(caption) or None
-        return [(prompt or self.default_prompt) + self.prompt_suffix for prompt in prompts]
+        if self.captioner is None:
+            return [(prompt or self.default_prompt) + self.prompt_suffix for prompt in prompts]
+        captions = self.captioner.caption_batch([np.asarray(control) for control in controls])
+        return [f"{prompt or ''}, {remove_unlikely_words(caption)}{self.prompt_suffix}"
+                for prompt, caption in zip(prompts, captions)]
 
-    def control_image(self, image: np.ndarray) -> np.ndarray:
-        """Grayscale, stretched to ``resolution`` square, 3 channels in [0, 1] (H, W, 3)."""
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        interpolation = cv2.INTER_AREA if min(gray.shape) >= self.resolution else cv2.INTER_CUBIC
-        gray = cv2.resize(gray, (self.resolution, self.resolution), interpolation=interpolation)
-        return np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    def control_image(self, image: np.ndarray) -> Image.Image:
+        """PIL grey (ITU-R 601 luma) as RGB, resized to ``resolution`` square with PIL's bicubic filter."""
+        grey = Image.fromarray(image).convert("L").convert("RGB")
+        return grey.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
 
     def run_batch(self, images: list[np.ndarray], options: list[dict] | None = None) -> list[np.ndarray]:
         """uint8 RGB (H, W, 3) images of any sizes -> same sizes; one pipeline call per batch."""
@@ -168,23 +188,28 @@ class DiffusionColorizer:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
         seeds = [validate_seed(option.get("seed")) for option in options]
-        prompts = self.prompts_for(images, [option.get("prompt") for option in options])
+        controls = [self.control_image(image) for image in images]
+        prompts = self.prompts_for(controls, [option.get("prompt") for option in options])
         # CPU generators: the starting noise depends only on the seed, not on the device or batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        control = torch.from_numpy(np.stack([self.control_image(image) for image in images])).permute(0, 3, 1, 2)
         generated = self.pipeline(
-            prompt=prompts, negative_prompt=[self.negative_prompt] * len(images), image=control,
+            prompt=prompts, negative_prompt=[self.negative_prompt] * len(images), image=controls,
             height=self.resolution, width=self.resolution, num_inference_steps=self.steps,
             guidance_scale=self.guidance_scale, controlnet_conditioning_scale=self.controlnet_scale,
             generator=generators, output_type="np").images
         if not np.isfinite(generated).all():
             raise RuntimeError("the diffusion pipeline produced non-finite pixels (fp16 overflow in the VAE? "
                                "use float32 or an fp16-safe VAE)")
-        results = []
-        for image, rgb in zip(images, generated):
-            ab = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2Lab)[..., 1:]
-            results.append(merge_lightness_ab(lightness(image), ab))
-        return results
+        return [self._merge(image, control, rgb) for image, control, rgb in zip(images, controls, generated)]
+
+    def _merge(self, image: np.ndarray, control: Image.Image, rgb: np.ndarray) -> np.ndarray:
+        if self.merge == "published":
+            # The pipeline's own PIL output: (x * 255).round() as uint8 (diffusers' numpy_to_pil).
+            generated = Image.fromarray((rgb * 255).round().astype(np.uint8))
+            merged = published_lab_merge(control, generated)
+            return np.asarray(merged.resize((image.shape[1], image.shape[0]), Image.Resampling.BICUBIC))
+        ab = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2Lab)[..., 1:]
+        return merge_lightness_ab(lightness(image), ab)
 
     def colorize(self, image: np.ndarray, *, prompt: str | None = None, seed: int | None = None) -> np.ndarray:
         return self.run_batch([image], [{"prompt": prompt, "seed": seed}])[0]

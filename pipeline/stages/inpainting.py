@@ -14,7 +14,6 @@ units see the whole canvas, so extra padding alters every output pixel.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,17 +53,6 @@ class LamaInpainter:
             raise ValueError(f"generator needs sizes divisible by {multiple}; inputs are padded to {PAD_MODULO}")
         self.generator = generator.eval()
         self.max_images_per_forward = max_images_per_forward
-
-    @classmethod
-    def from_directory(cls, directory: Path, *, weights: str | None = None, config: dict | str | None = None,
-                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                       **kwargs) -> LamaInpainter:
-        """Load strictly through pipeline.weights.loading, e.g. a directory written by
-        ``python -m pipeline.models.lama big-lama/models/best.ckpt DIRECTORY``."""
-        from pipeline.weights.loading import ModelSpec, load_model
-
-        spec = ModelSpec("lama", Path(directory), weights=weights, config=config)
-        return cls(load_model(spec, device=device, dtype=dtype), **kwargs)
 
     def __call__(self, images: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
         return self.inpaint_batch(images, masks)

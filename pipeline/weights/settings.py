@@ -58,27 +58,41 @@ class SourceRef(Strict):
 
 
 class DiffusionSettings(Strict):
-    """Options of the text-guided colorizer (see pipeline/stages/diffusion_colorizer.py)."""
+    """Options of the text-guided colorizer (see pipeline/stages/diffusion_colorizer.py).
+
+    The defaults are the seed-003 service's published recipe (steps 8, the folder's own scheduler,
+    guidance 5.0 with the published negative prompt, 512 px), except ``merge`` (docs/fidelity.md).
+    The SDXL-Lightning card's settings instead: scheduler euler_trailing, guidance_scale 0 (no
+    negative prompt, half the UNet work), resolution 1024.
+    """
     controlnet: SourceRef | None = Field(
         None, description="a diffusers ControlNet folder; none: the base pipeline's own")
     unet: SourceRef | None = Field(
         None, description="a UNet folder or state-dict file replacing the base's (e.g. SDXL-Lightning)")
-    vae: SourceRef | None = Field(None, description="a VAE replacing the base's (e.g. an fp16-safe SDXL VAE)")
+    vae: SourceRef | None = Field(
+        None, description="a VAE replacing the base's (e.g. the fp16-safe SDXL VAE); none: the base's own, "
+                          "as the published recipe (diffusers decodes with it upcast to fp32 in fp16)")
     captioner: SourceRef | None = Field(
-        None, description="a BLIP captioning model: prompts for requests without one")
+        None, description="a BLIP captioning model, conditioned on \"a photography of\": its cleaned caption "
+                          "follows the user's prompt in every prompt")
     variant: str | None = Field(None, description="weight variant of the base pipeline's files (e.g. `fp16`)")
-    scheduler: Literal["euler_trailing", "unipc", "ddim", "dpmpp_2m", "default"] = Field(
-        "euler_trailing", description="the sampler (`default`: the base pipeline's own)")
+    scheduler: Literal["default", "euler_trailing", "unipc", "ddim", "dpmpp_2m"] = Field(
+        "default", description="the sampler (`default`: the base pipeline's own, as published; "
+                               "`euler_trailing`: the SDXL-Lightning card's)")
     steps: int = Field(8, ge=1, le=100, description="denoising steps per image")
-    guidance_scale: float = Field(0.0, ge=0, le=30,
-                                  description="classifier-free guidance scale (1 or less: no guidance)")
-    resolution: int = Field(1024, ge=64, le=2048, description="side of the square the model colorizes at (px)")
+    guidance_scale: float = Field(5.0, ge=0, le=30,
+                                  description="classifier-free guidance scale (1 or less: no guidance, "
+                                              "the negative prompt unused)")
+    resolution: int = Field(512, ge=64, le=2048, description="side of the square the model colorizes at (px)")
+    merge: Literal["full_resolution", "published"] = Field(
+        "full_resolution", description="`full_resolution`: the photo's own full-size L with the generated "
+                                       "chroma; `published`: L of the control image, resized back (docs/fidelity.md)")
     controlnet_scale: float = Field(1.0, ge=0, le=2, description="weight of the ControlNet's conditioning")
     default_prompt: str | None = Field(
-        None, description="prompt for requests without one and without a usable caption; "
+        None, description="prompt for requests without one when no captioner is configured; "
                           "none: `DEFAULT_PROMPT` of `pipeline/stages/diffusion_colorizer.py`")
     negative_prompt: str | None = Field(
-        None, description="what sampling steers away from; none: `DEFAULT_NEGATIVE_PROMPT` of the same file")
+        None, description="what sampling steers away from; none: `PUBLISHED_NEGATIVE_PROMPT` of the same file")
     prompt_suffix: str = Field("", description="text appended to every prompt")
 
     def with_base_dir(self, base: Path):
@@ -165,5 +179,5 @@ class ModelSettings(SourceRef):
         return DiffusionColorizer.from_pretrained(
             self.resolve(runtime), **parts, variant=options.variant, scheduler=options.scheduler,
             device=device, dtype=dtype, steps=options.steps, guidance_scale=options.guidance_scale,
-            resolution=options.resolution, captioner=captioner, prompt_suffix=options.prompt_suffix,
-            controlnet_scale=options.controlnet_scale, **texts)
+            resolution=options.resolution, merge=options.merge, captioner=captioner,
+            prompt_suffix=options.prompt_suffix, controlnet_scale=options.controlnet_scale, **texts)

@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on one machine (issue 6): the graph spread over nodes, one
+"""A real multi-node Ray cluster on one machine: the graph spread over nodes, one
 worker node killed under load, the service answering again with credits exact.
 
 Run by ``tests/integration/test_multinode.py`` in its own process (the integration suite's

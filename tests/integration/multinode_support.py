@@ -101,7 +101,7 @@ class Outcome:
 
 
 class Client:
-    """Posts seed-000 jobs (model=tiny, clean_scratches=true) and records every outcome."""
+    """Posts key API jobs (model=tiny, clean_scratches=true) and records every outcome."""
 
     def __init__(self, url: str, key: str, image: bytes):
         import httpx

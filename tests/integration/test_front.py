@@ -60,7 +60,8 @@ def test_make_demo_exposes_the_api_where_host_says_and_the_dashboard_only_on_loo
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     process = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config_path), "--host", "0.0.0.0",
-                                "--port", str(port)], cwd=tmp_path, env={**environ, "PYTHONPATH": str(ROOT)},
+                                "--port", str(port)], cwd=tmp_path,
+                               env={**environ, "PYTHONPATH": str(ROOT), "COLORIZE_PUBLIC_BASE_URL": "https://colorize.test"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

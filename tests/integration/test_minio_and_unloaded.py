@@ -11,7 +11,7 @@ import pytest
 from minio import Minio
 
 from tests.helpers import encode, photo
-from tests.integration.conftest import create_key, demo_args
+from tests.integration.conftest import balance, create_key, demo_args
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,8 @@ BUCKET = "colorize-it"
 
 
 @pytest.fixture(scope="module")
-def minio_app(serve_cluster, models_dir, moto_endpoint, signing_keys, tmp_path_factory):
+def minio_service(serve_cluster, models_dir, moto_endpoint, signing_keys, tmp_path_factory):
+    """The app's client (a paying key, an App Check token), its args and its key."""
     from ray import serve
 
     from deployments.app import build_app
@@ -41,9 +42,15 @@ def minio_app(serve_cluster, models_dir, moto_endpoint, signing_keys, tmp_path_f
     args["colorizers"]["tiny"] = {"architecture": "ddcolor", "source": "s3://models/ddcolor-tiny"}
     args["model_store"] = {"endpoint": moto_endpoint, "secure": False}
     serve.run(build_app(args), name="minio", route_prefix="/minio")
-    headers = {"X-Api-Key": create_key(args, credits=100), "X-Firebase-AppCheck": signing_keys.token()}
+    key = create_key(args, credits=100)
+    headers = {"X-Api-Key": key, "X-Firebase-AppCheck": signing_keys.token()}
     with httpx.Client(base_url=f"{serve_cluster}/minio", timeout=120, headers=headers) as client:
-        yield client
+        yield {"client": client, "args": args, "key": key}
+
+
+@pytest.fixture(scope="module")
+def minio_app(minio_service) -> httpx.Client:
+    return minio_service["client"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +80,7 @@ def test_output_url_is_presigned_minio(minio_app, moto_endpoint):
         assert fetched.headers["Content-Type"] == "image/png" and fetched.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_seed_003_routes_read_through_minio(minio_app, moto_endpoint):
+def test_app_check_api_routes_read_through_minio(minio_app, moto_endpoint):
     original = encode(photo(50, 40))
     body = minio_app.post("/upload", files={"file": ("a.jpg", original)}).json()
     assert body["image_url"].endswith(f"/minio/uploads/{body['filename']}")
@@ -85,7 +92,8 @@ def test_seed_003_routes_read_through_minio(minio_app, moto_endpoint):
     assert minio_app.get(f"/download/{colorized['result_id']}").headers["content-type"] == "image/jpeg"
 
 
-def test_unloaded_model_is_503_and_charges_nothing(minio_app):
+def test_unloaded_model_is_503_and_charges_nothing(minio_service):
+    minio_app, before = minio_service["client"], balance(minio_service["args"], minio_service["key"])
     health = minio_app.get("/health")
     assert health.status_code == 200 and health.json()["model_loaded"] is True
     assert health.json()["models"] == {"large": {"loaded": False}, "tiny": {"loaded": True}}  # nothing internal
@@ -98,6 +106,7 @@ def test_unloaded_model_is_503_and_charges_nothing(minio_app):
         response = minio_app.post(route, files={field: ("a.jpg", encode(photo(40, 30)))})
         assert response.status_code == 503
         assert response.json() == {"detail": "the 'large' colorization model is not loaded"}
+    assert balance(minio_service["args"], minio_service["key"]) == before
 
 
 def test_health_503_without_any_colorizer(empty_app):
@@ -105,4 +114,5 @@ def test_health_503_without_any_colorizer(empty_app):
     assert response.status_code == 503
     body = response.json()
     assert body["model_loaded"] is False and body["status"] == "unhealthy" and body["detail"]
-    assert empty_app.post("/colorize", files={"file": ("a.jpg", encode(photo(40, 30)))}).status_code == 503
+    refused = empty_app.post("/colorize", files={"file": ("a.jpg", encode(photo(40, 30)))})
+    assert refused.status_code == 503 and refused.json() == {"detail": "the 'large' colorization model is not loaded"}

@@ -1,4 +1,4 @@
-"""Issue 6: the graph on a real multi-node Ray cluster (four nodes on loopback, one machine).
+"""The graph on a real multi-node Ray cluster (four nodes on loopback, one machine).
 
 The Ingress runs on the head, the stages on three workers, ColorizerTiny's two replicas on two
 different workers; jobs flow through stages on different nodes into shared MinIO storage and

@@ -1,6 +1,6 @@
 """Bounded queues shed load with Retry-After, charge nothing, and never answer 5xx otherwise:
 at the proxy (a full Ingress queue, Serve's backpressure_config) and inside the graph (a full
-stage queue, answered by the ingress in each seed's error shape)."""
+stage queue, answered by the ingress in each contract's error shape)."""
 from __future__ import annotations
 
 import asyncio
@@ -70,9 +70,9 @@ def test_a_full_ingress_queue_sheds_at_the_proxy_with_retry_after(proxy_bound):
     assert balance(proxy_bound["args"], key) == 100 - statuses[200]  # shed requests cost nothing
 
 
-def test_a_full_stage_queue_sheds_in_each_seeds_error_shape(stage_bound):
+def test_a_full_stage_queue_sheds_in_each_contracts_error_shape(stage_bound):
     key = create_key(stage_bound["args"], credits=100, rate_per_s=1000, burst=1000)
-    # Seed 000 calls throttling 429; seed 003 has 503 (and names its file field "file").
+    # The key API answers throttling with 429, the App Check API with 503 (its file field is "file").
     shapes = {"/api/v1/colorize": (429, "image"), "/colorize": (503, "file")}
     for route, (shed_status, field) in shapes.items():
         responses = burst(f"{stage_bound['url']}{route}",

@@ -84,6 +84,7 @@ def test_demo_key_from_the_environment_is_created_once(tmp_path: Path):
     try:
         [info] = Accounts(engine).list_keys()
         assert (info.key_id, info.balance, info.name) == (wanted.key_id, 50, "demo")  # not topped up twice
+        assert (info.rate_per_s, info.burst) == (50.0, 100)  # a folder of photos is not held to 1/s
     finally:
         engine.dispose()
     with pytest.raises(ValueError, match="DEMO_API_KEY is set but is not a valid API key"):

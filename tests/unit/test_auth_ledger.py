@@ -223,6 +223,51 @@ def test_rate_limit_refuses_with_retry_after_and_refills(env: Env):
     assert env.balance(key) == 97  # the refused request cost nothing
 
 
+def test_the_key_holder_reads_their_account_without_spending_anything(env: Env):
+    named = env.accounts.create_key(credits=12, name="Acme", rate_per_s=0.5, burst=2)
+    account = env.ledger.account(named.key)
+    assert (account.key_id, account.name, account.credits, account.rate_per_s, account.burst) == \
+        (named.key_id, "Acme", 12, 0.5, 2)
+    for _ in range(5):
+        env.ledger.account(named.key)  # reading takes no rate-limit token and no credit
+    env.ledger.open_job(named.key, JOB)
+    env.ledger.open_job(named.key, JOB)  # the burst of 2 is still whole
+    assert env.ledger.account(named.key).credits == 6 and env.usage_rows()[0]["status"] == "reserved"
+    unnamed = env.key(3)
+    account = env.ledger.account(unnamed)
+    assert (account.name, account.rate_per_s, account.burst) == (None, 1.0, 100)  # the configured defaults
+    env.accounts.revoke(unnamed.split("_")[2])
+    for presented in (None, "", "not-a-key", generate_key().key, unnamed):
+        with pytest.raises(Unauthorized):
+            env.ledger.account(presented)
+
+
+def test_every_step_reports_the_balance_the_ledger_holds(env: Env):
+    key = env.key(10)
+    first = env.ledger.open_job(key, JOB, "order-1")
+    assert first.balance == 7 == env.balance(key)  # after the reservation
+    assert env.ledger.finish_job(first, result_id="r.png", response={"outputUrl": "u"}) == 7
+    replay = env.ledger.open_job(key, JOB, "order-1")
+    assert replay.replay is not None and replay.balance == 7
+    assert env.ledger.finish_job(replay, result_id=None, response=None) is None  # nothing changed
+    second = env.ledger.open_job(key, JOB)
+    assert second.balance == 4
+    assert env.ledger.fail_job(second, "StageFailed: boom") == 7 == env.balance(key)  # given back
+    env.ledger.open_job(key, JOB)
+    env.ledger.open_job(key, JOB)
+    with pytest.raises(InsufficientCredits) as caught:
+        env.ledger.open_job(key, JOB)
+    assert caught.value.credits_remaining == 1 == env.balance(key)
+    limited = env.key(5, rate_per_s=0.001, burst=1)
+    env.ledger.open_job(limited, JobRequest(JOB.route, price=1))
+    with pytest.raises(RateLimited) as caught:
+        env.ledger.open_job(limited, JOB)
+    assert caught.value.credits_remaining == 4
+    with pytest.raises(Unauthorized) as caught:
+        env.ledger.open_job(generate_key().key, JOB)
+    assert caught.value.credits_remaining is None  # no key identified
+
+
 def _race(count: int, attempt) -> list:
     """Run ``attempt(i)`` in ``count`` threads released at once; returns each outcome."""
     barrier, outcomes = threading.Barrier(count), [None] * count

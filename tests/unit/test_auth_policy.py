@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 
-from auth import AccessDenied, AppCheckSettings, AuthSettings, JobRequest, PolicyAccess
+from auth import AccessDenied, Admission, AppCheckSettings, AuthSettings, JobRequest, OpenAccess, PolicyAccess
 from auth.accounts import Accounts
 from auth.app_check import APP_CHECK_DENIED
 from auth.policy import APP_CHECK_NOT_CONFIGURED, KEYS_NOT_CONFIGURED
@@ -283,6 +283,48 @@ def test_a_locked_ledger_does_not_block_the_event_loop(service: Service):
 
     assert asyncio.run(scenario()) >= 10  # a blocked loop would manage one
     assert service.balance(key_id) == 8
+
+
+def test_admissions_and_refusals_carry_the_balance(service: Service):
+    key, key_id = service.key(5, rate_per_s=0.001, burst=3)
+    assert asyncio.run(service.request({"x-api-key": key})).credits_remaining == 3  # 5 - 2, committed
+
+    async def fail():
+        raise RuntimeError("stage exploded")
+
+    async def failing() -> Admission:
+        admission = None
+        with pytest.raises(RuntimeError):
+            async with service.access.admit(JOB, {"x-api-key": key}) as admission:
+                assert admission.credits_remaining == 1  # reserved
+                await fail()
+        return admission
+
+    assert asyncio.run(failing()).credits_remaining == 3 == service.balance(key_id)  # released
+    with pytest.raises(AccessDenied) as caught:
+        asyncio.run(service.request({"x-api-key": key}, JobRequest(V1, price=4)))
+    assert (caught.value.status, caught.value.credits_remaining) == (403, 3)
+    with pytest.raises(AccessDenied) as caught:
+        asyncio.run(service.request({"x-api-key": key}))  # the burst of 3 is spent
+    assert (caught.value.status, caught.value.credits_remaining) == (429, 3)
+    with pytest.raises(AccessDenied) as caught:
+        asyncio.run(service.request({"x-api-key": "ck_live_nope"}))
+    assert (caught.value.status, caught.value.credits_remaining) == (401, None)
+
+
+def test_account_reads_the_presented_key(service: Service):
+    key, key_id = service.key(7, rate_per_s=2.5, burst=4)
+    account = asyncio.run(service.access.account(Headers({"X-Api-Key": key})))
+    assert (account.key_id, account.name, account.credits, account.rate_per_s, account.burst) == \
+        (key_id, None, 7, 2.5, 4)
+    for headers in ({}, {"x-api-key": "ck_live_nope"}):
+        with pytest.raises(AccessDenied) as caught:
+            asyncio.run(service.access.account(headers))
+        assert caught.value.status == 401 and "X-Api-Key" in caught.value.detail
+    for access in (PolicyAccess(AuthSettings(database_url=None), environ={}), OpenAccess()):
+        with pytest.raises(AccessDenied) as caught:
+            asyncio.run(access.account({"x-api-key": key}))
+        assert (caught.value.status, caught.value.detail) == (503, KEYS_NOT_CONFIGURED)
 
 
 def test_unconfigured_integrations_answer_503(tmp_path: Path):

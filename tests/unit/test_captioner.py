@@ -1,61 +1,48 @@
-"""pipeline.stages.captioner: caption cleaning, and a tiny BLIP built and reloaded offline."""
+"""pipeline.stages.captioner: the published caption cleanup, and a tiny BLIP built and reloaded offline.
+
+(tests/unit/test_published_recipe.py checks the cleanup against the published word list itself.)
+"""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.stages.captioner import Captioner, clean_caption
 from pipeline.errors import ModelLoadError
-from tools.tiny_diffusion import build_tiny_blip
+from pipeline.stages.captioner import CAPTION_CONDITION, UNLIKELY_WORDS, Captioner, remove_unlikely_words
 from tests.helpers import photo
+from tools.tiny_diffusion import build_tiny_blip
 
 
 @pytest.mark.parametrize("raw, cleaned", [
-    ("a black and white photo of a man", "a man"),
-    ("a black-and-white picture of a dog", "a dog"),
-    ("b&w photograph of a street", "a street"),
-    ("a b/w snapshot of a train station", "a train station"),
-    ("a grayscale image of a house", "a house"),
-    ("a monochrome photo of a city street", "a city street"),
-    ("sepia toned photo of a family", "a family"),
-    ("an old photo of a group of people in the 1920s", "a group of people"),
-    ("an old photograph of two women", "two women"),
-    ("vintage photo of a wedding, 1935", "a wedding"),
-    ("historical photo of soldiers from the '40s", "soldiers"),
-    ("a street scene in the 1920's", "a street scene"),
-    ("a family portrait taken in the early 1900s", "a family portrait"),
-    ("two children playing in the snow circa 1950", "two children playing in the snow"),
-    ("the roaring '20s fashion", "the roaring fashion"),
-    ("arafed man in a suit and hat standing in front of a car", "man in a suit and hat standing in front of a car"),
-    ("araffe woman sitting on a bench", "woman sitting on a bench"),
-    ("there is a black and white photo of a woman with a hat", "a woman with a hat"),
-    ("a man in a black and white photo", "a man"),
-    ("an old man sitting on a bench", "a man sitting on a bench"),
-    ("A Woman In A Dress , , with flowers", "a woman in a dress, with flowers"),
-    ("a man  and  a dog", "a man and a dog"),
-    ("a man holding 2000 dollars", "a man holding 2000 dollars"),  # not a photography-era year
-    ("a couple in their 50s", "a couple in their 50s"),  # an age, not a decade
+    ("a photography of a black and white photo of a man", "a photography of a  photo of a man"),
+    ("a photography of a man in the 1920s", "a photography of a man in the "),
+    ("a photography of a street, circa 1935", "a photography of a street,  "),  # "1935" goes, then "circa"
+    ("a photography of the year 1950 parade", "a photography of the year  parade"),  # the year goes before "year 1950"
+    ("a photography of a subway station", "a photography of a suay station"),  # substring deletion, as published
+    ("a photography of a woman , photo", "a photography of a woman "),
+    ("a photography of a historic building in a park setting", "a photography of a  building in a park "),
+    ("a photography of a dog on a lawn", "a photography of a dog on a lawn"),
 ])
-def test_clean_caption(raw, cleaned):
-    assert clean_caption(raw) == cleaned
+def test_published_cleanup(raw, cleaned):
+    assert remove_unlikely_words(raw) == cleaned
 
 
-@pytest.mark.parametrize("raw", ["black and white", "an old photo", "a photo of", "greyscale photo", "1920s",
-                                 "photo of a photo", "an image", "arafed", "", "  ,. "])
-def test_clean_caption_nothing_meaningful_left(raw):
-    assert clean_caption(raw) == ""
+def test_word_list_order_and_size():
+    assert len(UNLIKELY_WORDS) == 8 * 100 + 100  # 8 generated year lists, then the published phrases
+    assert UNLIKELY_WORDS[:2] == ("1900s", "1901s") and UNLIKELY_WORDS[100] == "1900"
+    assert UNLIKELY_WORDS[400] == "1 9 0 0 s" and UNLIKELY_WORDS[-1] == "    ,"
 
 
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory) -> Captioner:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        return Captioner.from_pretrained(build_tiny_blip(tmp_path_factory.mktemp("blip")))
+        return Captioner.from_pretrained(build_tiny_blip(tmp_path_factory.mktemp("blip"), seed=6))
 
 
 def test_tiny_blip_captions_a_batch_like_singles(captioner):
     images = [photo(50, 30), photo(33, 77, seed=1), photo(64, 64, seed=2)]
     captions = captioner.caption_batch(images)
-    assert len(captions) == 3 and all(isinstance(caption, str) and caption for caption in captions)
+    assert len(captions) == 3 and all(caption.startswith(CAPTION_CONDITION + " ") for caption in captions)
     assert captions == [captioner.caption_batch([image])[0] for image in images]
     assert captioner.caption_batch([]) == []
 

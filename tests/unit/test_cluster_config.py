@@ -24,7 +24,7 @@ from deployments.launch import check_config
 ROOT = Path(__file__).parents[2]
 RAY_VERSION = version("ray")
 SECRET_NAMES = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MODEL_STORE_ACCESS_KEY", "MODEL_STORE_SECRET_KEY",
-                "COLORIZE_DATABASE_URL"}
+                "COLORIZE_DATABASE_URL", "COLORIZE_PUBLIC_BASE_URL"}
 
 
 def load(name: str) -> Any:
@@ -86,7 +86,8 @@ def test_cluster_installs_this_checkout_and_takes_secrets_from_the_launching_she
 def test_cluster_env_script_writes_a_private_sourceable_file(tmp_path: Path) -> None:
     out = tmp_path / "cluster.env"
     url = "postgresql+psycopg://colorize:p@ss w$rd'\"@db:5432/ledger"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "COLORIZE_DATABASE_URL": url, "MINIO_ACCESS_KEY": "ak"}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "COLORIZE_DATABASE_URL": url, "MINIO_ACCESS_KEY": "ak",
+           "COLORIZE_PUBLIC_BASE_URL": "https://colorize.example.com"}
     script = str(ROOT / "deploy" / "cluster_env.sh")
     subprocess.run(["bash", script, str(out)], env=env, check=True, capture_output=True)
     assert out.stat().st_mode & 0o777 == 0o600
@@ -116,6 +117,7 @@ def test_dockerfile_installs_the_project_as_a_non_root_user_without_secrets() ->
     shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in (pattern.rstrip("*") for pattern in shipped):  # every package the project installs
         assert re.search(rf"^COPY .*\b{package}\b", text, flags=re.MULTILINE), package
+    assert re.search(r"^COPY .*\bworkbench\b", text, flags=re.MULTILINE)  # the page at /, not a package
     assert not re.search(r"^(ENV|ARG)\s.*(KEY|SECRET|PASSWORD|TOKEN|DATABASE_URL)", text, flags=re.MULTILINE)
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "data", ".models", ".run"} <= ignored

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stages.captioner import Captioner, clean_caption
+from pipeline.stages.captioner import Captioner, remove_unlikely_words
 from pipeline.inputs.prompts import MAX_PROMPT_CHARS, InvalidPromptError
-from pipeline.stages.diffusion_colorizer import (DEFAULT_PROMPT, DiffusionColorizer,
-                                          pipeline_kind)
+from pipeline.stages.diffusion_colorizer import (DEFAULT_PROMPT, PUBLISHED_NEGATIVE_PROMPT, DiffusionColorizer,
+                                                 pipeline_kind)
 from pipeline.errors import ModelLoadError
 from pipeline.color.lab import lightness
 from tools.tiny_diffusion import build_tiny_blip, build_tiny_sd_controlnet, build_tiny_sdxl_controlnet
@@ -54,10 +54,11 @@ class PipelineSpy:
 
 class FixedCaptioner:
     def __init__(self, captions: list[str]):
-        self.captions, self.seen = captions, []
+        self.captions, self.seen, self.images = captions, [], []
 
     def caption_batch(self, images):
         self.seen.append(len(images))
+        self.images.extend(images)
         return self.captions[:len(images)]
 
 
@@ -72,9 +73,10 @@ def test_folder_kind_picks_the_pipeline_class(folders, colorizers):
     assert pipeline_kind(folders["sd"].pipeline) == "sd" and pipeline_kind(folders["sdxl"].pipeline) == "sdxl"
     assert type(colorizers["sd"].pipeline).__name__ == "StableDiffusionControlNetPipeline"
     assert type(colorizers["sdxl"].pipeline).__name__ == "StableDiffusionXLControlNetPipeline"
-    for loaded in colorizers.values():
+    for loaded in colorizers.values():  # the folder's own scheduler (SDXL base's): Euler, leading spacing
         assert type(loaded.pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
-        assert loaded.pipeline.scheduler.config.timestep_spacing == "trailing"
+        assert loaded.pipeline.scheduler.config.timestep_spacing == "leading"
+        assert loaded.negative_prompt == PUBLISHED_NEGATIVE_PROMPT and loaded.merge == "full_resolution"
 
 
 def test_any_size_in_same_size_out_with_original_lightness(colorizer):
@@ -112,14 +114,25 @@ def test_batch_equals_singles(colorizer, monkeypatch):
         assert difference.max() <= 1 and (difference > 0).mean() < 0.001
 
 
-def test_prompt_override_caption_and_default(colorizer, monkeypatch):
-    captioner = FixedCaptioner(["arafed black and white photo of a dog in the 1920s", "an old photo"])
+def test_prompt_is_user_prompt_then_the_cleaned_caption(colorizer, monkeypatch):
+    captioner = FixedCaptioner(["a photography of a black and white photo of a dog in 1920s"] * 3)
     spy = spied(colorizer, monkeypatch, captioner)
     options = [{"prompt": "  a red\n car  ", "seed": 1}, {"seed": 2}, {"prompt": "", "seed": 3}]
     colorizer.run_batch([photo(32, 32, seed=i) for i in range(3)], options)
-    assert spy.calls[0]["prompt"] == ["a red car", "a dog", DEFAULT_PROMPT]
-    assert captioner.seen == [2]  # only items without a prompt are captioned, in one batch
+    caption = "a photography of a  photo of a dog in "  # the published word list, deleted as substrings
+    assert spy.calls[0]["prompt"] == ["a red car, " + caption, ", " + caption, ", " + caption]
+    assert captioner.seen == [3]  # every item is captioned (the caption is always used), in one batch
     assert spy.calls[0]["negative_prompt"] == [colorizer.negative_prompt] * 3
+
+
+def test_captions_describe_the_grey_control_image(colorizer, monkeypatch):
+    captioner = FixedCaptioner(["a photography of a street"])
+    spied(colorizer, monkeypatch, captioner)
+    colorful = np.dstack([np.full((40, 30), 200, np.uint8), np.zeros((40, 30), np.uint8), np.full((40, 30), 50, np.uint8)])
+    colorizer.run_batch([colorful], [{"seed": 1}])
+    (seen,) = captioner.images
+    assert seen.shape == (colorizer.resolution, colorizer.resolution, 3)
+    assert np.all(seen == seen[..., :1]) and np.all(seen == np.asarray(colorizer.control_image(colorful)))
 
 
 def test_default_prompt_and_suffix_without_captioner(colorizer, monkeypatch):
@@ -127,6 +140,23 @@ def test_default_prompt_and_suffix_without_captioner(colorizer, monkeypatch):
     monkeypatch.setattr(colorizer, "prompt_suffix", ", natural colors")
     colorizer.run_batch([photo(32, 32)] * 2, [{"seed": 1}, {"prompt": "a house", "seed": 2}])
     assert spy.calls[0]["prompt"] == [DEFAULT_PROMPT + ", natural colors", "a house, natural colors"]
+
+
+@pytest.mark.parametrize("size", [(96, 72), (40, 64)])
+def test_merges_full_resolution_keeps_the_photos_lightness_published_takes_the_control_images(colorizer, monkeypatch,
+                                                                                             size):
+    image = photo(*size, seed=5)
+    monkeypatch.setattr(colorizer, "merge", "full_resolution")
+    full = colorizer.colorize(image, seed=3)
+    monkeypatch.setattr(colorizer, "merge", "published")
+    published = colorizer.colorize(image, seed=3)
+    assert full.shape == published.shape == image.shape
+    # Lightness: the photo's own at full resolution, or the 64 px control image's, resized back.
+    full_error = np.abs(lightness(full) - lightness(image))
+    published_error = np.abs(lightness(published) - lightness(image))
+    assert np.median(full_error) < 0.5 and np.median(published_error) > 2 * np.median(full_error)
+    with pytest.raises(ValueError, match="unknown merge"):
+        DiffusionColorizer(colorizer.pipeline, merge="photo")
 
 
 @pytest.mark.parametrize("options, message", [
@@ -156,9 +186,9 @@ def test_tiny_blip_captions_become_prompts(colorizers, tmp_path, monkeypatch):
     colorizer = colorizers["sdxl"]
     spy = spied(colorizer, monkeypatch, captioner)
     images = [photo(40, 30, seed=i) for i in range(2)]
-    results = colorizer.run_batch(images, [{"seed": 1}, {"seed": 2}])
-    expected = [clean_caption(caption) or DEFAULT_PROMPT for caption in captioner.caption_batch(images)]
-    assert spy.calls[0]["prompt"] == expected
+    results = colorizer.run_batch(images, [{"seed": 1}, {"seed": 2, "prompt": "a dog"}])
+    captions = captioner.caption_batch([np.asarray(colorizer.control_image(image)) for image in images])
+    assert spy.calls[0]["prompt"] == [", " + remove_unlikely_words(captions[0]), "a dog, " + remove_unlikely_words(captions[1])]
     assert [result.shape for result in results] == [image.shape for image in images]
 
 
@@ -180,6 +210,11 @@ def test_unet_override_from_folder_and_state_dict_file(folders, tmp_path):
 def test_scheduler_choice(folders):
     loaded = DiffusionColorizer.from_pretrained(folders["sd"].pipeline, scheduler="unipc", **SETTINGS)
     assert type(loaded.pipeline.scheduler).__name__ == "UniPCMultistepScheduler"
+    # The SDXL-Lightning card's spacing: 8 steps from t=999 instead of the base scheduler's 876.
+    lightning = DiffusionColorizer.from_pretrained(folders["sdxl"].pipeline, controlnet=folders["sdxl"].controlnet,
+                                                   scheduler="euler_trailing", **SETTINGS).pipeline.scheduler
+    lightning.set_timesteps(8)
+    assert lightning.config.timestep_spacing == "trailing" and lightning.timesteps[0] == 999
     with pytest.raises(ValueError, match="unknown scheduler"):
         DiffusionColorizer.from_pretrained(folders["sd"].pipeline, scheduler="magic", **SETTINGS)
 
@@ -194,7 +229,7 @@ def test_load_errors_are_explicit(folders, tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="cannot load"):
         DiffusionColorizer.from_pretrained(folders["sd"].pipeline, unet=tmp_path / "garbage.safetensors", **SETTINGS)
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match="multiple of 32"):
         DiffusionColorizer.from_pretrained(folders["sd"].pipeline, **{**SETTINGS, "resolution": 30})
 
 

@@ -14,14 +14,14 @@ import torch
 from skimage import data
 
 from pipeline.errors import ModelNotLoadedError
-from pipeline.stages.face_detect import DetectorWeightsNotFoundError, Face, FaceDetector, locate_mtcnn_weights, nms
+from pipeline.stages.face_detect import DetectorWeightsNotFoundError, Face, FaceDetector, locate_mtcnn_weights, nms, nms_min
 from pipeline.stages.face_remaster import FFHQ_TEMPLATE_512, FaceRemaster, similarity_transform
 from pipeline.models.gfpgan import GFPGANv1Clean, tiny_config
 
-# MTCNN on skimage.data.astronaut(): box, then landmarks (image-left eye, image-right eye, nose, mouth corners).
-ASTRONAUT_BOX = (178.8, 58.1, 268.0, 174.4)
+# MTCNN (facenet-pytorch's conventions) on skimage.data.astronaut(): box, then landmarks (image-left eye, image-right eye, nose, mouth corners).
+ASTRONAUT_BOX = (181.1, 62.2, 267.7, 172.1)
 ASTRONAUT_LANDMARKS = np.array(
-    [[204.3, 100.5], [247.0, 103.5], [224.5, 128.8], [201.2, 138.9], [244.9, 142.2]], np.float32
+    [[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]], np.float32
 )
 
 
@@ -116,10 +116,12 @@ def test_missing_weights_dir_gives_an_install_hint(tmp_path) -> None:
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [2, 2, 8, 8]], np.float64)
-    scores = np.array([0.8, 0.9, 0.7, 0.95])
-    assert nms(boxes, scores, 0.5).tolist() == [3, 1, 2]  # [3] is nested in [1]: IoU 0.36 keeps it
-    assert nms(boxes, scores, 0.5, mode="min").tolist() == [3, 2]
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [2, 2, 8, 8]], np.float32)
+    scores = np.array([0.8, 0.9, 0.7, 0.95], np.float32)
+    # [3] is nested in [1]: IoU 0.36 keeps it; [0] overlaps [1] with IoU 0.68
+    assert nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).tolist() == [3, 1, 2]
+    # "Min": overlap over the smaller box; [3] lies inside [0] and [1], so both go
+    assert nms_min(boxes, scores, 0.5).tolist() == [3, 2]
 
 
 # --- alignment ----------------------------------------------------------------------------------
@@ -235,6 +237,36 @@ def test_chunked_forwards_give_the_same_pictures(restorer, astronaut) -> None:
     one_pass = FaceRemaster(restorer, detector).remaster(astronaut).astype(np.int16)
     chunked = FaceRemaster(restorer, detector, max_faces_per_forward=1).remaster(astronaut)
     assert np.abs(one_pass - chunked).max() <= 1
+
+
+def test_max_faces_restores_only_the_largest_faces(restorer, astronaut) -> None:
+    """A crowd photo costs what a portrait does: past ``max_faces``, the smaller faces stay as they were."""
+    canvas = np.zeros((512, 768, 3), np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[:256, 512:] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    large, small = astronaut_face(), shifted(astronaut_face(scale=0.5), 512)
+    detector = MeasuredFaces({canvas.shape: [small, large]})  # the smaller face first: size decides, not order
+    x0, y0, x1, y1 = (int(v) for v in small.box)
+    near_small = (slice(max(0, y0 - 30), y1 + 30), slice(x0 - 30, x1 + 30))
+
+    one = changed(FaceRemaster(restorer, detector, max_faces=1).remaster(canvas), canvas)
+    both = changed(FaceRemaster(restorer, detector, max_faces=2).remaster(canvas), canvas)
+    assert both[near_small].any() and both[:, :512].any()  # each face is restorable on its own
+    assert not one[near_small].any(), "max_faces=1 restored the smaller face too"
+    assert np.array_equal(one[:, :512], both[:, :512])  # the largest face, restored the same way
+    with pytest.raises(ValueError, match="max_faces"):
+        FaceRemaster(restorer, detector, max_faces=0)
+
+
+def test_the_stage_table_passes_max_faces_to_the_stage(tmp_path, detector) -> None:
+    from pipeline.weights.settings import ModelRuntime
+    from service.stages import FaceRemasterSection, stage
+    from tools.build_demo import DEMO_MODELS
+
+    DEMO_MODELS["face"](tmp_path / "face", 0)
+    section = FaceRemasterSection(restorer={"architecture": "gfpgan", "source": str(tmp_path / "face")}, max_faces=2)
+    loaded = stage("face_remaster").load(section, ModelRuntime(cache_dir=tmp_path / "cache"))
+    assert loaded.max_faces == 2
 
 
 def test_rejects_images_that_are_not_rgb_uint8(restorer) -> None:

@@ -87,3 +87,17 @@ def test_seed_and_prompt_fields():
     long = parse(request_for(files={"image": ("a", b"x")}, data={"model": "x" * 301}))
     with pytest.raises(ApiError, match="at most 300"):
         long.prompt("model")
+
+
+def test_a_part_declared_as_an_image_is_a_file_even_without_a_filename():
+    data = bytes(range(256))  # not valid UTF-8: read as text, it would be mangled
+    form = parse(request_for(files={"image": (None, data, "image/jpeg"), "model": (None, "tiny", "text/plain")}))
+    assert form.get("image").is_file and form.get("image").data == data
+    assert form.text("model") == "tiny"
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "-1", "1.5", str(2**32)])
+def test_integers_are_plain_ascii_digits_within_range(value):
+    form = parse(request_for(files={"image": ("a", b"x")}, data={"model": value}))
+    with pytest.raises(ApiError, match="whole number"):
+        form.integer("model", 0, 2**32 - 1)

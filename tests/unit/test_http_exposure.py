@@ -10,7 +10,7 @@ from auth import OpenAccess
 from service.app import build_http_app
 from service.jobs import StageFailed
 from service.settings import load_settings
-from storage import LocalStore, new_object_name
+from storage import LocalStore, StorageError, new_object_name
 from tests.helpers import encode, photo
 
 ARGS = {"colorizers": {"large": {"architecture": "ddcolor", "source": "/models/large"},
@@ -114,3 +114,19 @@ def test_every_response_has_one_request_id(tmp_path):
     generated = http.get("/health")
     assert len(generated.headers.get_list("X-Request-Id")) == 1
     assert http.get("/nope").json() == {"detail": "Not Found"}
+
+
+def test_a_link_that_cannot_be_signed_is_a_502_not_a_bare_500(tmp_path):
+    class UnsignableStore(LocalStore):
+        """Stand-in fault: signing the result's link fails (e.g. a MinIO presign)."""
+
+        def public_url(self, kind, name, service_base_url):
+            raise StorageError("presign failed: s3.internal:9000 said no")
+
+    settings = load_settings(ARGS, base_dir=tmp_path)
+    http = TestClient(build_http_app(settings, StandInRunner(), UnsignableStore(tmp_path / "storage"), OpenAccess()),
+                      base_url="http://127.0.0.1:8000")
+    answer = http.post("/api/v1/colorize", files={"image": ("a.png", encode(photo(40, 30), "PNG"), "image/png")},
+                       headers={"X-Request-Id": "r1"})
+    assert answer.status_code == 502
+    assert answer.json() == {"detail": "storage failed on our side (request id r1); retry later"}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.launch import check_config, effective_config
+from deployments.launch import check_config, effective_config, public_links_problem
 from service.settings import ConfigError, batch_settings, load_settings
 
 ROOT = Path(__file__).parents[2]
@@ -72,3 +72,14 @@ def test_effective_config_without_gpu():
     assert gpus and not any(gpus)
     kept = effective_config(config, host=None, port=None, gpus=1)
     assert kept["applications"][0]["deployments"][2]["ray_actor_options"]["num_gpus"] == 0.5
+
+
+def test_serving_other_machines_needs_a_public_base_url(monkeypatch):
+    config = yaml.safe_load((ROOT / "serve_config.demo.yaml").read_text())
+    monkeypatch.delenv("COLORIZE_PUBLIC_BASE_URL", raising=False)
+    assert public_links_problem(effective_config(config, host="127.0.0.1", port=None, gpus=0)) is None
+    problem = public_links_problem(effective_config(config, host="0.0.0.0", port=None, gpus=0))
+    assert problem and "COLORIZE_PUBLIC_BASE_URL" in problem
+    monkeypatch.setenv("COLORIZE_PUBLIC_BASE_URL", "https://colorize.example.com/")
+    assert public_links_problem(effective_config(config, host="0.0.0.0", port=None, gpus=0)) is None
+    assert load_settings(MINIMAL).public_base_url == "https://colorize.example.com"  # the env var wins
