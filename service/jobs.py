@@ -111,10 +111,12 @@ class Jobs:
 
     async def run_and_store(self, plan: JobPlan, data: bytes, fmt: str) -> str:
         """Decode the photo, run the plan's stages on it and store the result as ``fmt``; the stored
-        name. Stages that are not loaded refuse before the budget is waited for or anything decoded."""
+        name. A photo that is no image (by its header) is refused first, then one that needs a stage
+        that is not loaded, both before the budget is waited for or anything decoded."""
         started = time.perf_counter()
+        pixels = self.pixels(data)
         await self.runner.require(plan)
-        async with self._room(data):
+        async with _shed_when_full(self.budget, pixels):
             image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
             rgb = await self.runner.run(plan, image.rgb)
             encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
