@@ -22,6 +22,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
+from service.memory import trim_after
 from service.settings import batch_settings
 from service.stages import stage
 
@@ -80,6 +81,11 @@ class Stage:
         self._run_batch.set_batch_wait_timeout_s(self._batch_wait.started())
         started = time.perf_counter()
         try:
-            return await asyncio.to_thread(self._impl.run_batch, images, options)
+            return await asyncio.to_thread(self._run_and_trim, images, options)
         finally:
             self._run_batch.set_batch_wait_timeout_s(self._batch_wait.finished(time.perf_counter() - started))
+
+    def _run_and_trim(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
+        results = self._impl.run_batch(images, options)
+        trim_after(max(image.shape[0] * image.shape[1] for image in images))  # the batch's temporaries are freed
+        return results

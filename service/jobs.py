@@ -22,6 +22,7 @@ from pipeline.inputs.decode import decode_image, image_size
 from storage import InvalidObjectName, ObjectStore, StorageError, StoredObject, content_type_for, new_object_name
 from storage import validate_object_name
 
+from .memory import trim_after
 from .pixel_budget import NoRoom, PixelBudget
 from .stages import STAGES, StageSpec
 
@@ -105,9 +106,11 @@ class Jobs:
 
     async def image_extension(self, data: bytes) -> str:
         """Decode the photo (in the pixel budget) to prove it is whole; its file extension."""
-        async with self._room(data):
-            image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
-            return image.extension
+        pixels = self.pixels(data)
+        async with _shed_when_full(self.budget, pixels):
+            extension = (await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)).extension
+        await asyncio.to_thread(trim_after, pixels)
+        return extension
 
     async def run_and_store(self, plan: JobPlan, data: bytes, fmt: str) -> str:
         """Decode the photo, run the plan's stages on it and store the result as ``fmt``; the stored
@@ -121,13 +124,11 @@ class Jobs:
             rgb = await self.runner.run(plan, image.rgb)
             encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
             del image, rgb  # before the store write: a large photo's arrays leave the budget with it
+        await asyncio.to_thread(trim_after, pixels)
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
         await self.put("results", filename, encoded)
         log.info("job %s -> %s in %.3f s", plan, filename, time.perf_counter() - started)
         return filename
-
-    def _room(self, data: bytes):
-        return _shed_when_full(self.budget, self.pixels(data))
 
     async def put(self, kind: str, name: str, data: bytes) -> None:
         try:
