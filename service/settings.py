@@ -35,7 +35,7 @@ class LimitSettings(Strict):
     max_megapixels_in_flight: float = Field(
         64.0, gt=0, description="per Ingress replica: megapixels of photos being decoded, processed and encoded at "
                                 "once (read from each photo's header before decoding); more wait in line, and a "
-                                "photo larger than this runs alone. A 49 MP photo costs ~0.6 GB across the graph")
+                                "photo larger than this runs alone. One 49 MP photo in flight costs ~1 GB across the service")
     pixel_wait_s: float = Field(
         30.0, ge=0, le=600, description="how long a photo may wait in line for that budget before it is refused: "
                                         "429 (key API) or 503 (App Check API) with Retry-After, nothing charged")
