@@ -22,7 +22,7 @@ from pipeline.inputs.decode import decode_image, image_size
 from storage import InvalidObjectName, ObjectStore, StorageError, StoredObject, content_type_for, new_object_name
 from storage import validate_object_name
 
-from .memory import trim_after
+from .memory import TRIM_ABOVE_PIXELS, trim_after
 from .pixel_budget import NoRoom, PixelBudget
 from .stages import STAGES, StageSpec
 
@@ -83,6 +83,11 @@ async def _shed_when_full(budget: PixelBudget, pixels: int) -> AsyncIterator[Non
         raise Overloaded(str(exc)) from None
 
 
+async def _trim_after(pixels: int) -> None:
+    if pixels >= TRIM_ABOVE_PIXELS:  # no thread hop for the usual small photo
+        await asyncio.to_thread(trim_after, pixels)
+
+
 class StoreWriteFailed(Exception):
     """Storing an upload or a result failed (the job's work is lost; nothing is charged)."""
 
@@ -109,7 +114,7 @@ class Jobs:
         pixels = self.pixels(data)
         async with _shed_when_full(self.budget, pixels):
             extension = (await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)).extension
-        await asyncio.to_thread(trim_after, pixels)
+        await _trim_after(pixels)
         return extension
 
     async def run_and_store(self, plan: JobPlan, data: bytes, fmt: str) -> str:
@@ -124,7 +129,7 @@ class Jobs:
             rgb = await self.runner.run(plan, image.rgb)
             encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
             del image, rgb  # before the store write: a large photo's arrays leave the budget with it
-        await asyncio.to_thread(trim_after, pixels)
+        await _trim_after(pixels)
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
         await self.put("results", filename, encoded)
         log.info("job %s -> %s in %.3f s", plan, filename, time.perf_counter() - started)
