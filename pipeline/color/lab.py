@@ -49,8 +49,22 @@ def model_lightness(rgb: np.ndarray, size: int) -> np.ndarray:
     (piddnad/DDColor ddcolor/pipeline.py): the float image, ``cv2.resize`` with its default
     INTER_LINEAR (no antialiasing, also when shrinking), then L. The networks were trained and
     published with this input; an area filter gives a different L (up to 16 units at edges)."""
-    small = cv2.resize(unit_float(rgb), (size, size), interpolation=cv2.INTER_LINEAR)
+    if rgb.shape[0] * rgb.shape[1] <= STRIP_ABOVE_PIXELS:
+        small = cv2.resize(unit_float(rgb), (size, size), interpolation=cv2.INTER_LINEAR)
+    else:  # a big scan: only the source rows the vertical taps read are made float (86 MB, not 588, at 49 MP)
+        small = _shrink_rows_read(rgb, size)
     return cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[..., 0]
+
+
+def _shrink_rows_read(rgb: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.resize(unit_float(rgb), (size, size), INTER_LINEAR)`` reading only the rows it uses:
+    OpenCV's linear resize is separable (along rows, then the vertical taps), so the same taps
+    applied to just those rows give the same input within float rounding."""
+    first, second, weight = _linear_taps(rgb.shape[0], size)
+    rows, index = np.unique(np.concatenate([first, second]), return_inverse=True)
+    wide = cv2.resize(unit_float(rgb[rows]), (size, len(rows)), interpolation=cv2.INTER_LINEAR)
+    top, bottom = wide[index[:size]], wide[index[size:]]
+    return top + (bottom - top) * weight[:, None, None]
 
 
 def merge_lightness_ab(full_lightness: np.ndarray, ab: np.ndarray, *,

@@ -246,9 +246,8 @@ class FaceDetector:
         h, w = rgb.shape[:2]
         shrink = min(1.0, self.max_side / max(h, w)) if self.max_side else 1.0
         pixels = rgb
-        if shrink < 1.0:
-            pixels = cv2.resize(rgb.astype(np.float32), (round(w * shrink), round(h * shrink)),
-                                interpolation=cv2.INTER_AREA)
+        if shrink < 1.0:  # our departure (max_side): shrunk from uint8, no full-size float copy of a big scan
+            pixels = cv2.resize(rgb, (round(w * shrink), round(h * shrink)), interpolation=cv2.INTER_AREA)
         dtype = next(self.pnet.parameters()).dtype
         # Plain NCHW (facenet-pytorch keeps the HWC array's channels-last strides): pooling and convs run
         # ~2x faster on a CPU, and the results still match it (tests/unit/test_face_detect_reference.py).

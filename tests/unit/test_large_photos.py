@@ -145,3 +145,20 @@ def test_peak_memory_of_a_20_mp_photo_is_bounded_by_its_size():
     decoded = _peak_growth("decode", height, width)
     # Pillow's decoded image (4 bytes a pixel) + our uint8 RGB + a strip
     assert decoded["growth"] <= pixels * (4 + 3) + 32 * MIB, decoded
+
+
+def test_a_big_scans_model_input_reads_only_the_rows_it_needs_and_equals_upstreams():
+    """Above the strip threshold model_lightness makes only the rows the resize reads float; the
+    network still gets exactly upstream's input (float image, cv2 INTER_LINEAR, then L)."""
+    import cv2
+
+    from pipeline.color.lab import STRIP_ABOVE_PIXELS, model_lightness, unit_float
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:3100, 0:2900].astype(np.float32)
+    grey = np.clip(128 + 60 * np.sin(x / 97) * np.cos(y / 53) + rng.normal(0, 8, x.shape), 0, 255).astype(np.uint8)
+    rgb = np.dstack([grey, (grey * 0.9).astype(np.uint8), grey])
+    assert rgb.shape[0] * rgb.shape[1] > STRIP_ABOVE_PIXELS
+    upstream = cv2.cvtColor(cv2.resize(unit_float(rgb), (512, 512), interpolation=cv2.INTER_LINEAR),
+                            cv2.COLOR_RGB2Lab)[..., 0]
+    np.testing.assert_array_equal(model_lightness(rgb, 512), upstream)
