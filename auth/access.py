@@ -15,13 +15,18 @@ KEYS_NOT_CONFIGURED = "API key access is not enabled or not configured on this s
 class AccessDenied(Exception):
     """Refused before any work: 400 (bad Idempotency-Key), 401 (who are you), 403 (no credits),
     409 (Idempotency-Key reused for another request, or still running), 429 (slow down), 503 (not configured).
-    ``credits_remaining``: the key's balance when the key was identified before the refusal (403, 409, 429)."""
+    ``credits_remaining``: the key's balance when the key was identified before the refusal (403, 409, 429).
+    ``reason`` says which refusal, in one of ``DENIAL_REASONS`` (metrics and logs use it; 429 and 503 have two each)."""
 
     def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None,
-                 credits_remaining: int | None = None):
+                 credits_remaining: int | None = None, *, reason: str = "refused"):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, dict(headers or {})
-        self.credits_remaining = credits_remaining
+        self.credits_remaining, self.reason = credits_remaining, reason
+
+
+DENIAL_REASONS = ("refused", "bad_request", "unauthorized", "no_credits", "conflict", "rate_limited",
+                  "auth_throttled", "not_configured", "ledger_unavailable")
 
 
 @dataclass(frozen=True)
@@ -104,4 +109,4 @@ class OpenAccess(Access):
         yield Admission(principal="anonymous")
 
     async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
-        raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+        raise AccessDenied(503, KEYS_NOT_CONFIGURED, reason="not_configured")

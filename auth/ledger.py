@@ -9,6 +9,7 @@ given back by ``sweep`` once its deadline has passed.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -18,9 +19,11 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .access import Account, JobRequest
 from .db import api_keys, idempotency, usage
+from .events import AccessEvents
 from .keys import InvalidKeyFormat, hash_matches, parse_key
 from .ratelimit import pixel_tokens, take_token
 
@@ -32,8 +35,10 @@ RATE_LIMITED = "rate limit exceeded for this API key; retry after the Retry-Afte
 
 
 class Refusal(Exception):
-    """The ledger refuses the request; ``status`` is the HTTP status to answer with."""
+    """The ledger refuses the request; ``status`` is the HTTP status to answer with, ``reason`` why
+    (``auth.access.DENIAL_REASONS``)."""
     status = 400
+    reason = "bad_request"
 
     def __init__(self, detail: str, retry_after_s: int | None = None, credits_remaining: int | None = None):
         super().__init__(detail)
@@ -43,18 +48,34 @@ class Refusal(Exception):
 
 class Unauthorized(Refusal):
     status = 401
+    reason = "unauthorized"
 
 
 class InsufficientCredits(Refusal):
     status = 403
+    reason = "no_credits"
 
 
 class IdempotencyConflict(Refusal):
     status = 409
+    reason = "conflict"
 
 
 class RateLimited(Refusal):
     status = 429
+    reason = "rate_limited"
+
+
+def _reports_database_failures(method):
+    """A database error in ``method`` is reported (``AccessEvents.ledger_failed``) and raised on."""
+    @functools.wraps(method)
+    def reported(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except SQLAlchemyError:
+            self.events.ledger_failed(method.__name__)
+            raise
+    return reported
 
 
 @dataclass(frozen=True)
@@ -72,11 +93,13 @@ class Ticket:
 class Ledger:
     def __init__(self, engine: Engine, *, default_rate_per_s: float = 1.0, default_burst: int = 10,
                  reservation_ttl_s: float = 900, idempotency_ttl_s: float = 86_400,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, events: AccessEvents | None = None):
         self.engine, self.clock = engine, clock
+        self.events = events or AccessEvents()  # credits moved and database failures, for metrics
         self.default_rate_per_s, self.default_burst = default_rate_per_s, default_burst
         self.reservation_ttl_s, self.idempotency_ttl_s = reservation_ttl_s, idempotency_ttl_s
 
+    @_reports_database_failures
     def check_key(self, presented_key: str | None) -> str:
         """Read-only: the key's id when it may send a job now (known, not revoked, a token in its
         bucket), else a Refusal. Lets the HTTP layer refuse before it reads a request body;
@@ -90,6 +113,7 @@ class Ledger:
             raise RateLimited(RATE_LIMITED, bucket.retry_after_s, credits_remaining=row.balance)
         return row.key_id
 
+    @_reports_database_failures
     def account(self, presented_key: str | None) -> Account:
         """The presented key's own account: balance and effective rate limit. Charges nothing,
         takes no rate-limit token, writes nothing."""
@@ -109,6 +133,7 @@ class Ledger:
             raise Unauthorized(REVOKED_KEY)
         return row
 
+    @_reports_database_failures
     def open_job(self, presented_key: str | None, job: JobRequest, idempotency_key: str | None = None) -> Ticket:
         """Admit a job or raise a Refusal. Refusals after authentication leave a usage row."""
         presented = _parse(presented_key)
@@ -129,10 +154,13 @@ class Ledger:
                 ticket_or_refusal = self._idempotent_reserve(conn, row.key_id, job, idempotency_key, now, row.balance)
                 if isinstance(ticket_or_refusal, Refusal):
                     refusal = ticket_or_refusal
-                else:
-                    return ticket_or_refusal
-            refusal.credits_remaining = row.balance  # nothing was taken: the row as locked
-        raise refusal  # raised after the commit, so the bucket and the usage row are kept
+            if refusal is not None:
+                refusal.credits_remaining = row.balance  # nothing was taken: the row as locked
+        if refusal is not None:
+            raise refusal  # raised after the commit, so the bucket and the usage row are kept
+        if ticket_or_refusal.price:  # a replay holds nothing
+            self.events.credits_reserved(ticket_or_refusal.price)
+        return ticket_or_refusal
 
     def _idempotent_reserve(self, conn: Connection, key_id: str, job: JobRequest, idempotency_key: str | None,
                             now: float, balance: int) -> Ticket | Refusal:
@@ -168,10 +196,13 @@ class Ledger:
         return Ticket(key_id=key_id, usage_id=usage_id, price=job.price, started_at=now,
                       idempotency_key=idempotency_key, balance=balance - job.price)  # the row is locked
 
+    @_reports_database_failures
     def take_pixel_tokens(self, ticket: Ticket, pixels: int, megapixels_per_token: float | None) -> int:
         """A large photo's extra tokens (``ratelimit.pixel_tokens``), taken from the key's bucket once
         its size is known; all or none. Raises RateLimited (with the wait) when the bucket is short,
         leaving it as it was. Returns the tokens taken."""
+        if pixel_tokens(pixels, megapixels_per_token, burst=2) == 0:
+            return 0  # takes no extra token whatever the key's burst: no database round trip
         now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == ticket.key_id).with_for_update()).first()
@@ -190,6 +221,7 @@ class Ledger:
                          .values(bucket_tokens=bucket.tokens, bucket_at=bucket.at))
         return count
 
+    @_reports_database_failures
     def finish_job(self, ticket: Ticket, *, result_id: str | None, response: dict[str, Any] | None) -> int | None:
         """The job succeeded: keep the reserved credits, store the response for replays. Safe to repeat
         (a retry after a commit whose acknowledgement was lost charges nothing more). Returns the
@@ -202,7 +234,8 @@ class Ledger:
             settled = conn.execute(update(usage).where(usage.c.id == ticket.usage_id, usage.c.status == "reserved")
                                    .values(status="succeeded", finished_at=now, deadline=None, result_id=result_id,
                                            duration_s=now - ticket.started_at))
-            current = None if settled.rowcount == 1 else conn.execute(
+            charged = settled.rowcount == 1
+            current = None if charged else conn.execute(
                 select(usage.c.status).where(usage.c.id == ticket.usage_id)).scalar()
             if current == "failed":  # the sweep gave the credits back (job outlived its deadline): charge again
                 charged = conn.execute(update(api_keys).where(api_keys.c.key_id == ticket.key_id,
@@ -225,11 +258,14 @@ class Ledger:
                     status="succeeded", response=json.dumps(body, default=str),
                     expires_at=now + self.idempotency_ttl_s))
             balance = _balance(conn, ticket.key_id)
+        if charged and ticket.price:
+            self.events.credits_charged(ticket.price)
         if refusal is not None:
             refusal.credits_remaining = balance
             raise refusal  # after the commit: the usage row says why
         return balance
 
+    @_reports_database_failures
     def fail_job(self, ticket: Ticket, note: str) -> int | None:
         """The job failed or was cancelled: give the credits back; the Idempotency-Key may be retried.
         Returns the key's balance after the release (None for a replay: nothing changed)."""
@@ -237,13 +273,17 @@ class Ledger:
             return None
         now = self.clock()
         with self.engine.begin() as conn:
-            self._release(conn, ticket.usage_id, ticket.key_id, ticket.price, note, now, ticket.started_at)
+            released = self._release(conn, ticket.usage_id, ticket.key_id, ticket.price, note, now, ticket.started_at)
             if ticket.idempotency_key is not None:
                 conn.execute(delete(idempotency).where(
                     idempotency.c.key_id == ticket.key_id, idempotency.c.idempotency_key == ticket.idempotency_key,
                     idempotency.c.usage_id == ticket.usage_id, idempotency.c.status == "in_progress"))
-            return _balance(conn, ticket.key_id)
+            balance = _balance(conn, ticket.key_id)
+        if released and ticket.price:
+            self.events.credits_released(ticket.price, "job_failed")
+        return balance
 
+    @_reports_database_failures
     def sweep(self, limit: int = 500) -> int:
         """Give back reservations past their deadline (their process died) and drop expired
         idempotency records. Safe to run from every replica at once. Returns releases done."""
@@ -255,9 +295,12 @@ class Ledger:
         released = 0
         for row in stale:  # one short transaction each: never hold many key locks at once
             with self.engine.begin() as conn:
-                released += self._release(conn, row.id, row.key_id, row.price,
-                                          "reservation expired (its process stopped?); credits given back",
-                                          now, row.started_at)
+                moved = self._release(conn, row.id, row.key_id, row.price,
+                                      "reservation expired (its process stopped?); credits given back",
+                                      now, row.started_at)
+            released += moved
+            if moved and row.price:
+                self.events.credits_released(row.price, "expired")
         with self.engine.begin() as conn:
             conn.execute(delete(idempotency).where(idempotency.c.expires_at < now))
         if released:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .access import KEYS_NOT_CONFIGURED, Access, AccessDenied, Account, Admission, JobRequest
 from .app_check import APP_CHECK_DENIED, AppCheckRejected, AppCheckVerifier
 from .db import make_engine
+from .events import AccessEvents
 from .ledger import Ledger, Refusal, Ticket
 from .ratelimit import FailureThrottle
 from .settings import AuthSettings
@@ -37,7 +38,8 @@ LEDGER_UNAVAILABLE_RETRY_S = "5"
 class PolicyAccess(Access):
     def __init__(self, settings: AuthSettings, *, environ: Mapping[str, str] = os.environ,
                  ledger: Ledger | None = None, verifier: AppCheckVerifier | None = None,
-                 consume_app_check: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time):
+                 consume_app_check: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time,
+                 events: AccessEvents | None = None):
         self.policy = settings.route_policy()
         self.sweep_interval_s, self.clock = settings.sweep_interval_s, clock
         self.commit_retry_s = settings.commit_retry_s
@@ -47,7 +49,7 @@ class PolicyAccess(Access):
         self.ledger = ledger or (Ledger(make_engine(url), default_rate_per_s=settings.default_rate_per_s,
                                         default_burst=settings.default_burst,
                                         reservation_ttl_s=settings.reservation_ttl_s,
-                                        idempotency_ttl_s=settings.idempotency_ttl_s) if url else None)
+                                        idempotency_ttl_s=settings.idempotency_ttl_s, events=events) if url else None)
         self.verifier = verifier or (AppCheckVerifier(settings.app_check, consume=consume_app_check)
                                      if settings.app_check.project_id else None)
         self._next_sweep = 0.0
@@ -58,7 +60,7 @@ class PolicyAccess(Access):
         required = self.policy.get(route)
         if required is None:
             log.error("no access policy for route %r: refusing (add it to auth.routes)", route)
-            raise AccessDenied(503, f"access to {route} is not configured on this server")
+            raise AccessDenied(503, f"access to {route} is not configured on this server", reason="not_configured")
         if required == "either":
             return "api_key" if "x-api-key" in headers or self.verifier is None else "app_check"
         return required
@@ -68,7 +70,7 @@ class PolicyAccess(Access):
         credential = self._credential(route, headers)
         if credential == "api_key":
             if self.ledger is None:
-                raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+                raise AccessDenied(503, KEYS_NOT_CONFIGURED, reason="not_configured")
             await self._checked(client, self._ledger_call(self.ledger.check_key, headers.get("x-api-key")))
         elif credential == "app_check":
             await self._checked(client, self._verify_app_check(headers.get("x-firebase-appcheck")))
@@ -93,7 +95,7 @@ class PolicyAccess(Access):
         if wait:
             check.close()  # never started
             raise AccessDenied(429, "too many failed authentication attempts from this address; retry later",
-                               {"Retry-After": str(wait)})
+                               {"Retry-After": str(wait)}, reason="auth_throttled")
         try:
             return await check
         except AccessDenied as refusal:
@@ -109,19 +111,19 @@ class PolicyAccess(Access):
 
     async def _verify_app_check(self, token: str | None) -> str:
         if self.verifier is None:
-            raise AccessDenied(503, APP_CHECK_NOT_CONFIGURED)
+            raise AccessDenied(503, APP_CHECK_NOT_CONFIGURED, reason="not_configured")
         try:
             claims = await asyncio.to_thread(self.verifier.verify, token)
         except AppCheckRejected as exc:
             log.info("App Check token rejected: %s", exc)
-            raise AccessDenied(401, APP_CHECK_DENIED) from None
+            raise AccessDenied(401, APP_CHECK_DENIED, reason="unauthorized") from None
         return f"app:{claims.get('app_id') or claims.get('sub')}"
 
     @asynccontextmanager
     async def _metered(self, job: JobRequest, headers: Mapping[str, str],
                        client: str | None) -> AsyncIterator[Admission]:
         if self.ledger is None:
-            raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+            raise AccessDenied(503, KEYS_NOT_CONFIGURED, reason="not_configured")
         self._maybe_sweep()
         ticket = await self._checked(client, self._open(job, headers.get("x-api-key"), headers.get("idempotency-key")))
         admission = Admission(principal=ticket.key_id, replay=ticket.replay, credits_remaining=ticket.balance,
@@ -129,12 +131,14 @@ class PolicyAccess(Access):
         try:
             yield admission
         except GeneratorExit:  # closed without finishing (no await allowed here): release in the background
-            self._spawn(asyncio.to_thread(self.ledger.fail_job, ticket, "abandoned"))
+            self._spawn(self._release_when_possible(ticket, "abandoned"))
             raise
         except BaseException as exc:  # including CancelledError: the client went away
             note = "cancelled (client went away)" if isinstance(exc, asyncio.CancelledError) \
                 else f"{type(exc).__name__}: {exc}"
             balance = await self._settle(self.ledger.fail_job, ticket, note[:500])
+            if balance is None and ticket.usage_id is not None:  # the ledger did not answer: keep trying
+                self._spawn(self._release_when_possible(ticket, note[:500]))
             admission.credits_remaining = admission.credits_remaining if balance is None else balance
             raise
         else:
@@ -168,27 +172,27 @@ class PolicyAccess(Access):
             try:
                 return await asyncio.shield(commit)
             except Refusal as refusal:  # the reservation expired and the credits ran out meanwhile
-                raise AccessDenied(refusal.status, refusal.detail, credits_remaining=refusal.credits_remaining) \
-                    from None
+                raise AccessDenied(refusal.status, refusal.detail, credits_remaining=refusal.credits_remaining,
+                                   reason=refusal.reason) from None
             except SQLAlchemyError as exc:
                 if time.monotonic() + delay > deadline:
                     log.error("credit ledger unavailable for %.0f s: result %s withheld, not charged (%s)",
                               self.commit_retry_s, admission.result_id, exc)
-                    self._spawn(self._release_when_possible(ticket))
+                    self._spawn(self._release_when_possible(ticket, "ledger unavailable at commit: result withheld"))
                     raise AccessDenied(503, "the credit ledger is unavailable, so the result was not delivered "
                                             "and nothing was charged; retry later",
-                                       {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}) from None
+                                       {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}, reason="ledger_unavailable") from None
                 log.warning("committing charge of %s failed (%s); retrying in %.1f s", ticket.usage_id, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _release_when_possible(self, ticket: Ticket) -> None:
-        """Give a withheld job's credits back once the ledger answers; the sweep does it after the
-        reservation's deadline if this process stops first."""
+    async def _release_when_possible(self, ticket: Ticket, note: str) -> None:
+        """Give a failed or withheld job's credits back once the ledger answers (``fail_job`` is
+        safe to repeat); the sweep does it after the reservation's deadline if this process stops first."""
         delay = 1.0
         while True:
             try:
-                await asyncio.to_thread(self.ledger.fail_job, ticket, "ledger unavailable at commit: result withheld")
+                await asyncio.to_thread(self.ledger.fail_job, ticket, note)
                 return
             except SQLAlchemyError:
                 await asyncio.sleep(delay)
@@ -196,13 +200,13 @@ class PolicyAccess(Access):
 
     async def account(self, headers: Mapping[str, str], client: str | None = None) -> Account:
         if self.ledger is None:
-            raise AccessDenied(503, KEYS_NOT_CONFIGURED)
+            raise AccessDenied(503, KEYS_NOT_CONFIGURED, reason="not_configured")
         key = {name.lower(): value for name, value in headers.items()}.get("x-api-key")
         return await self._checked(client, self._ledger_call(self.ledger.account, key))  # bad keys throttled too
 
     def _release_orphan(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
-            self._spawn(asyncio.to_thread(self.ledger.fail_job, opening.result(), "cancelled (client went away)"))
+            self._spawn(self._release_when_possible(opening.result(), "cancelled (client went away)"))
 
     async def _settle(self, settle: Callable[..., int | None], ticket: Ticket, *args: Any, **kwargs: Any) -> int | None:
         """Commit or release; shielded so a second cancellation cannot skip it. A ledger error
@@ -250,7 +254,7 @@ def _denied(exc: Exception) -> AccessDenied:
     """A ledger refusal as its HTTP status; a database failure as 503 with Retry-After."""
     if isinstance(exc, Refusal):
         retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return AccessDenied(exc.status, exc.detail, retry, exc.credits_remaining)
+        return AccessDenied(exc.status, exc.detail, retry, exc.credits_remaining, reason=exc.reason)
     log.error("credit ledger unavailable: %s", exc)
     return AccessDenied(503, "the credit ledger is unavailable; retry later",
-                        {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S})
+                        {"Retry-After": LEDGER_UNAVAILABLE_RETRY_S}, reason="ledger_unavailable")

@@ -1,7 +1,8 @@
 """Running one job down the stage graph on Ray Serve, and knowing which stages are ready.
 
 Stage calls are chained handle calls: each DeploymentResponse is passed straight to the
-next stage, so intermediate images go replica-to-replica without passing through here.
+next stage, so intermediate images go replica-to-replica without passing through here. The photo
+travels as ``timing.Timed``, so each stage's timings come back with the result, for the job's record.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from ray.serve.handle import DeploymentHandle
 
 from pipeline.errors import ModelNotLoadedError
 from service.jobs import JobPlan, Overloaded, StageFailed, StageUnavailable
+from service.telemetry import current_request
+
+from .timing import Timed, unpack
 
 log = logging.getLogger("ray.serve")
 
@@ -105,11 +109,11 @@ class Graph:
         raise AssertionError("unreachable")
 
     async def _run_once(self, plan: JobPlan, image: np.ndarray, deadline: float) -> np.ndarray:
-        response: Any = image
+        response: Any = Timed(image)
         for spec in plan.stages():
             response = self.stages[spec.name].remote(response, plan.options_for(spec))
         try:
-            return await asyncio.wait_for(_wait(response), timeout=max(0.0, deadline - time.monotonic()))
+            answer = await asyncio.wait_for(_wait(response), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             response.cancel()
             log.error("job %s timed out after %g s", plan, self.timeout_s)
@@ -125,6 +129,9 @@ class Graph:
         except Exception as exc:
             log.exception("job %s failed in the graph", plan)
             raise StageFailed(_first_line(exc)) from None
+        result, timings = unpack(answer)
+        current_request().stages.update(timings or {})  # for the job's log line
+        return result
 
 
 async def _wait(response: Any) -> Any:

@@ -16,9 +16,11 @@ from starlette.applications import Starlette
 from auth import Access, OpenAccess, PolicyAccess
 from service.app import build_http_app
 from service.settings import AppSettings
+from service.telemetry import Telemetry
 from storage import make_store
 
 from .graph import Graph
+from .metrics import RayRecorder
 
 log = logging.getLogger("ray.serve")
 
@@ -31,7 +33,10 @@ class Ingress:
         self.store = make_store(self.settings.storage)
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
         self.graph = Graph(stages, timeout_s=self.settings.limits.request_timeout_s)
-        self.access: Access = PolicyAccess(self.settings.auth) if self.settings.auth else OpenAccess()
+        # This replica's jobs, sheds, failures and credits, exported through Ray's metrics port.
+        self.telemetry = Telemetry(RayRecorder(), log_format=self.settings.job_log_format)
+        self.access: Access = (PolicyAccess(self.settings.auth, events=self.telemetry) if self.settings.auth
+                               else OpenAccess())
         if self.settings.auth is None:
             log.warning("no `auth:` configured: every route is open and nothing is charged")
         if self.settings.links_from_request_host:
@@ -40,4 +45,4 @@ class Ingress:
                         ", ".join(self.settings.trusted_hosts()))
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_http_app(self.settings, self.graph, self.store, self.access)
+        return build_http_app(self.settings, self.graph, self.store, self.access, self.telemetry)

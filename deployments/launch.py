@@ -170,8 +170,21 @@ def serve_run(target: Path) -> int:
 
     if not os.environ.get("RAY_ADDRESS"):
         ray.init(_node_ip_address="127.0.0.1", namespace="serve")
+        print_metrics_addresses()
     run.main([str(target)], prog_name="serve run", standalone_mode=False)
     return 0
+
+
+def print_metrics_addresses() -> None:
+    """Where Prometheus scrapes the service's metrics (docs/operate.md): each node's metrics export
+    port, and the file listing them all that Ray keeps for Prometheus' ``file_sd_configs``."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive"):
+            print(f"metrics: http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", flush=True)
+    discovery = Path(ray._private.worker._global_node.get_session_dir_path()) / "prom_metrics_service_discovery.json"
+    print(f"  every node, for Prometheus (deploy/prometheus.yml): {discovery}", flush=True)
 
 
 if __name__ == "__main__":

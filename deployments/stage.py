@@ -4,7 +4,8 @@ A replica loads its stage (``service.stages`` row -> a ``pipeline.stages`` objec
 a load failure leaves the replica up, reporting ``loaded: false`` and why. Calls are batched with
 ``@serve.batch`` (sizes from ``user_config``; the wait follows the stage's load, see
 ``batching.py``) and each batch runs in a worker thread, so the event loop keeps queueing the next
-batch while this one computes.
+batch while this one computes. Each call's queue wait and run time, each batch's size and the model's
+load are recorded as metrics (``service.telemetry``), and carried back with the photo (``timing.py``).
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from pipeline.weights.settings import ModelRuntime
 from service.memory import trim_after
 from service.settings import batch_settings
 from service.stages import stage
+from service.telemetry import Telemetry
 
 from .batching import AdaptiveBatchWait
+from .metrics import RayRecorder
+from .timing import Timed, unpack
 
 log = logging.getLogger("ray.serve")
 
@@ -50,6 +54,7 @@ class Stage:
             self._run_batch_in_thread)
         self._batch_sizes: Counter[int] = Counter()  # which batch sizes actually formed
         self._describe = self.spec.describe(section)
+        self.telemetry = Telemetry(RayRecorder())
         started = time.perf_counter()
         try:
             self._impl = self.spec.load(section, ModelRuntime.model_validate(runtime))
@@ -58,6 +63,7 @@ class Stage:
         except Exception as exc:  # any load failure keeps the replica up, reporting why
             self._impl, self._error = None, f"{type(exc).__name__}: {exc}"
             log.error("%s: model not loaded: %s", self.spec.label, self._error)
+        self.telemetry.model_load(name, loaded=self._impl is not None, seconds=time.perf_counter() - started)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         settings = batch_settings(user_config)
@@ -71,19 +77,31 @@ class Stage:
                 "node_id": ray.get_runtime_context().get_node_id(),
                 **({"error": self._error} if self._error else {})}
 
-    async def __call__(self, image: np.ndarray, options: dict[str, Any] | None = None) -> np.ndarray:
+    async def __call__(self, image: np.ndarray | Timed, options: dict[str, Any] | None = None) -> np.ndarray | Timed:
         if self._impl is None:  # the reason is in the logs and the admin view, not in public answers
             raise ModelNotLoadedError(f"the {self.spec.label} model is not loaded")
-        return await self._run_batch(image, options or {})  # always positional: batching zips arguments
+        arrived = time.perf_counter()
+        photo, timings = unpack(image)
+        # always positional: batching zips arguments
+        result, started, finished, batch_size = await self._run_batch(photo, options or {})
+        self.telemetry.stage_call(self.spec.name, queued_s=started - arrived, seconds=time.perf_counter() - arrived)
+        if timings is None:
+            return result
+        return Timed(result, {**timings, self.spec.name: {"queued_s": started - arrived, "run_s": finished - started,
+                                                          "batch_size": batch_size}})
 
-    async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
+    async def _run_batch_in_thread(self, images: list[np.ndarray], options: list[dict]) -> list[tuple]:
+        """Each photo's result, with when its batch started and finished and how many photos it held."""
         self._batch_sizes[len(images)] += 1
+        self.telemetry.stage_batch(self.spec.name, len(images))
         self._run_batch.set_batch_wait_timeout_s(self._batch_wait.started())
         started = time.perf_counter()
         try:
-            return await asyncio.to_thread(self._run_and_trim, images, options)
+            results = await asyncio.to_thread(self._run_and_trim, images, options)
         finally:
-            self._run_batch.set_batch_wait_timeout_s(self._batch_wait.finished(time.perf_counter() - started))
+            finished = time.perf_counter()
+            self._run_batch.set_batch_wait_timeout_s(self._batch_wait.finished(finished - started))
+        return [(result, started, finished, len(images)) for result in results]
 
     def _run_and_trim(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
         results = self._impl.run_batch(images, options)

@@ -28,8 +28,10 @@ from .errors import APP_CHECK_API, CREDITS_HEADER, KEY_API, error_response
 from .jobs import Jobs, StageRunner
 from .key_api import KeyApi, credits_remaining
 from .middleware import REQUEST_ID_HEADER, JsonErrors, RequestIdMiddleware
+from .outcomes import classify
 from .pixel_budget import PixelBudget
 from .settings import AppSettings
+from .telemetry import Telemetry
 from .workbench import workbench_routes
 
 log = logging.getLogger("ray.serve")
@@ -38,7 +40,8 @@ SWEEP_EVERY_S = 600.0
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStore, access: Access) -> Starlette:
+def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStore, access: Access,
+                   telemetry: Telemetry | None = None) -> Starlette:
     limits = settings.limits
     budget = PixelBudget(int(limits.max_megapixels_in_flight * 1_000_000), max_wait_s=limits.pixel_wait_s)
     jobs = Jobs(runner, store, max_pixels=limits.max_pixels, budget=budget)
@@ -82,22 +85,35 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
     add_cors(app, settings.cors)
     app.add_middleware(JsonErrors)  # middlewares' own plain-text refusals in the documented shape
     app.add_middleware(RequestIdMiddleware)
+    # Every contract route counts and logs its requests here (see `on`); metrics leave through it.
+    app.state.telemetry = telemetry or Telemetry(log_format=settings.job_log_format)
     return app
 
 
 def on(contract: str, endpoint: Endpoint) -> Endpoint:
-    """``endpoint`` answering its failures the way ``contract`` documents them (service.errors)."""
+    """``endpoint`` answering its failures the way ``contract`` documents them (service.errors), each
+    request counted and, on a job route, logged (service.telemetry)."""
     async def answer(request: Request) -> Response:
-        try:
-            response = await endpoint(request)
-        except Exception as exc:
-            response = error_response(exc, contract, request.headers.get(REQUEST_ID_HEADER, "?"))
-        credits = credits_remaining(request)
-        if credits is not None:
-            response.headers[CREDITS_HEADER] = str(credits)
-        return response
+        request_id = request.headers.get(REQUEST_ID_HEADER, "?")
+        with request.app.state.telemetry.request(request_id, route_of(request)) as record:
+            try:
+                response = await endpoint(request)
+            except Exception as exc:
+                classify(exc).note(record)
+                response = error_response(exc, contract, request_id)
+            credits = credits_remaining(request)
+            if credits is not None:
+                response.headers[CREDITS_HEADER] = str(credits)
+            record.status = response.status_code
+            return response
     answer.__name__ = endpoint.__name__
     return answer
+
+
+def route_of(request: Request) -> str:
+    """The request's method and route template (``GET /download/{result_id}``): a bounded metric label."""
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', '?')}"
 
 
 async def _routing_error(request: Request, exc: HTTPException) -> Response:

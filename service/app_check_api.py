@@ -19,6 +19,7 @@ from .jobs import JobPlan, Jobs
 from .key_api import GUIDANCE_FIELDS, guidance
 from .settings import AppSettings
 from .stages import COLORIZERS, STAGES
+from .telemetry import current_request
 
 HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # stored files are served only as the image type they are
@@ -69,8 +70,10 @@ class AppCheckApi:
 
     async def colorize(self, request: Request) -> Response:
         async with self.access.admit(JobRequest("POST /colorize"), request.headers, client_address(request)) as admission:
+            current_request().admitted(admission.principal)
             form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
             plan = JobPlan(model=form.choice("model", COLORIZERS, "large"), **guidance(form))
+            current_request().job(plan.model)
             filename = await self.jobs.run_and_store(plan, _file_bytes(form, "file"), "JPEG")
             admission.result_id = filename
         base, result_id = self.base_url(request), filename.split(".")[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from storage import validate_object_name
 from .memory import TRIM_ABOVE_PIXELS, trim_after
 from .pixel_budget import NoRoom, PixelBudget
 from .stages import STAGES, StageSpec
+from .telemetry import current_request
 
 log = logging.getLogger("ray.serve")
 
@@ -121,8 +121,9 @@ class Jobs:
         """Decode the photo, run the plan's stages on it and store the result as ``fmt``; the stored
         name. A photo that is no image (by its header) is refused first, then one that needs a stage
         that is not loaded, both before the budget is waited for or anything decoded."""
-        started = time.perf_counter()
-        pixels = self.pixels(data)
+        width, height = image_size(data, max_pixels=self.max_pixels)
+        pixels = width * height
+        current_request().image_size = (width, height)  # the job's log line
         await self.runner.require(plan)
         async with _shed_when_full(self.budget, pixels):
             image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
@@ -132,7 +133,6 @@ class Jobs:
         await _trim_after(pixels)
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
         await self.put("results", filename, encoded)
-        log.info("job %s -> %s in %.3f s", plan, filename, time.perf_counter() - started)
         return filename
 
     async def put(self, kind: str, name: str, data: bytes) -> None:

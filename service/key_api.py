@@ -19,6 +19,7 @@ from .forms import Form, client_address, read_form
 from .jobs import JobPlan, Jobs
 from .settings import AppSettings
 from .stages import ADD_ONS, COLORIZERS, STAGES
+from .telemetry import current_request
 
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 COLORIZE_ROUTE = "POST /api/v1/colorize"
@@ -51,12 +52,14 @@ class KeyApi:
         form = await read_form(request, max_bytes=self.settings.max_upload_bytes, allowed=COLORIZE_FIELDS)
         plan = JobPlan(model=form.choice("model", COLORIZERS, "large"),
                        add_ons=frozenset(field for field in ADD_ONS if form.flag(field)), **guidance(form))
+        current_request().job(plan.model, plan.add_ons, plan.price)
         job = JobRequest(COLORIZE_ROUTE, price=plan.price,
                          details={"model": plan.model, **{f: str(f in plan.add_ons).lower() for f in ADD_ONS}},
                          fingerprint=request_fingerprint(COLORIZE_ROUTE, form.items()))  # retries must match
         admission = None
         try:
             async with self.access.admit(job, request.headers, client) as admission:
+                current_request().admitted(admission.principal, replayed=admission.replay is not None)
                 if admission.replay is None:  # not a retry of a job that already succeeded
                     data = await self._image(form)
                     await admission.count_pixels(self.jobs.pixels(data))  # a large photo's extra tokens (429)

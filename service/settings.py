@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
@@ -89,6 +89,10 @@ class AppSettings(_StageSections):
     admin_token_env: str = Field(
         "COLORIZE_ADMIN_TOKEN", description="env var holding the bearer token of `GET /admin/status` "
                                             "(stage details: model sources, nodes, batch sizes, errors); unset: off")
+    job_log_format: Literal["json", "text"] = Field(
+        "json", description="the one line per job on the ingress's stderr (logger `colorize.jobs`: request id, key "
+                            "id, route, model, add-ons, image size, stage timings, outcome, price): `json` for log "
+                            "pipelines, `text` to read in a terminal (docs/operate.md)")
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
     url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,18 +26,22 @@ from auth import AuthSettings, PolicyAccess
 from auth.accounts import Accounts
 from auth.keys import parse_key
 from deployments.graph import Graph
+from deployments.timing import Timed, unpack
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
 from service.app import build_http_app
 from service.settings import AppSettings
 from service.stages import STAGES, stage
+from service.telemetry import Telemetry
 from tests.helpers import free_port
 from storage import LocalStore, StorageError
 
 
 class _Handle:
     """What ``Graph`` needs of a DeploymentHandle: ``status.remote()`` and ``remote(image, options)``,
-    where ``image`` may be the previous stage's pending response (Serve resolves those too)."""
+    where ``image`` may be the previous stage's pending response (Serve resolves those too). Like a
+    ``deployments.stage.Stage``, it answers a ``Timed`` photo with its own run time added."""
+    name = "stand-in"
 
     def __init__(self) -> None:
         self.status = SimpleNamespace(remote=self._status)
@@ -46,10 +51,15 @@ class _Handle:
         return {"loaded": True}
 
     def remote(self, image: Any, options: dict[str, Any]) -> asyncio.Task:
-        async def call() -> np.ndarray:
-            ready = await image if inspect.isawaitable(image) else image
+        async def call() -> np.ndarray | Timed:
+            photo, timings = unpack(await image if inspect.isawaitable(image) else image)
             self.calls += 1
-            return await self.run(ready, options)
+            started = time.perf_counter()
+            result = await self.run(photo, options)
+            if timings is None:
+                return result
+            run_s = time.perf_counter() - started
+            return Timed(result, {**timings, self.name: {"queued_s": 0.0, "run_s": run_s, "batch_size": 1}})
         return asyncio.ensure_future(call())  # a Task: Graph cancels it on timeout, like a response
 
     async def run(self, image: np.ndarray, options: dict[str, Any]) -> np.ndarray:
@@ -62,7 +72,7 @@ class InProcessStage(_Handle):
 
     def __init__(self, name: str, settings: AppSettings, runtime: ModelRuntime):
         super().__init__()
-        self.spec = stage(name)
+        self.spec, self.name = stage(name), name
         try:
             self.impl, self.error = self.spec.load(settings.stage_settings(self.spec), runtime), None
         except Exception as exc:
@@ -179,11 +189,12 @@ def load_stages(settings: AppSettings, cache_dir: Path) -> dict[str, _Handle]:
 
 
 def start_service(settings: AppSettings, stages: dict[str, _Handle], *, store: LocalStore | None = None,
-                  auth: AuthSettings | None = None) -> InProcessService:
+                  auth: AuthSettings | None = None, telemetry: Telemetry | None = None) -> InProcessService:
     store = store or LocalStore(settings.storage.root)
-    access = PolicyAccess(auth or settings.auth, environ={})
+    access = PolicyAccess(auth or settings.auth, environ={}, events=telemetry)
     runner = Graph(stages, timeout_s=settings.limits.request_timeout_s)
-    client = TestClient(build_http_app(settings, runner, store, access), base_url="http://127.0.0.1:8000")
+    client = TestClient(build_http_app(settings, runner, store, access, telemetry),
+                        base_url="http://127.0.0.1:8000")
     client.__enter__()  # runs the lifespan, and lets several threads share the app's event loop
     return InProcessService(client, store, access, runner)
 

@@ -57,6 +57,7 @@ def serve_cluster():
     for name, value in CPU_RAY_ENV.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy hooks `make demo` uses
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")  # test_metrics polls the export (default 10 s)
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -34,17 +34,18 @@ def in_process_stages(tiny_models: Path, tmp_path_factory, signing_keys: Signing
 @pytest.fixture
 def start(tiny_models: Path, in_process_stages: dict, signing_keys: SigningKeys,  # noqa: F811
           tmp_path: Path) -> Iterator[Callable]:
-    """``start(stages={...}, store=..., auth=..., **settings)``: the app on a fresh store and ledger,
-    with some stage handles replaced (e.g. by a fault stand-in); an ``InProcessService``."""
+    """``start(stages={...}, store=..., auth=..., telemetry=..., **settings)``: the app on a fresh store and
+    ledger, with some stage handles replaced (e.g. by a fault stand-in); an ``InProcessService``."""
     from tests.in_process import app_settings, start_service, stop_service
 
     started = []
 
-    def start_one(*, stages: dict | None = None, store=None, auth=None, **overrides):
+    def start_one(*, stages: dict | None = None, store=None, auth=None, telemetry=None, **overrides):
         root = tmp_path / f"service-{len(started)}"
         settings = app_settings(tiny_models, root, signing_keys.jwks_url, PROJECT_ID, **overrides)
         service = start_service(settings, {**in_process_stages, **(stages or {})},
-                                store=store(settings.storage.root) if store else None, auth=auth)
+                                store=store(settings.storage.root) if store else None, auth=auth,
+                                telemetry=telemetry)
         started.append(service)
         return service
 

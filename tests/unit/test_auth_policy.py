@@ -223,6 +223,42 @@ def test_a_result_whose_charge_cannot_be_committed_is_withheld_and_released(tmp_
     service.access.close()
 
 
+def test_a_job_that_fails_while_the_ledger_is_down_is_released_once_it_answers(tmp_path: Path, monkeypatch):
+    service = Service(tmp_path)
+    key, key_id = service.key(10)
+    fail, attempts = service.access.ledger.fail_job, []
+
+    def down_twice(*args, **kwargs):  # the ledger is down when the job fails, and once more
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise OperationalError("UPDATE", {}, Exception("connection refused"))
+        return fail(*args, **kwargs)
+
+    async def broken_job():
+        raise RuntimeError("the job failed")
+
+    monkeypatch.setattr(service.access.ledger, "fail_job", down_twice)
+    monkeypatch.setattr("auth.policy.asyncio.sleep", _instant_sleep)
+
+    async def scenario():
+        with pytest.raises(RuntimeError):
+            await service.request({"x-api-key": key}, body=broken_job)
+        assert service.balance(key_id) == 8  # still reserved: nothing could be written
+        await service.access.drain()
+
+    asyncio.run(scenario())
+    assert len(attempts) == 3 and service.balance(key_id) == 10
+    assert service.accounts.usage(limit=5)[0]["status"] == "failed"
+    service.access.close()
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _instant_sleep(delay: float) -> None:
+    await _real_sleep(0)
+
+
 def test_identify_checks_the_key_from_headers_without_taking_anything(service: Service):
     key, key_id = service.key(10, rate_per_s=0.01, burst=1)
     asyncio.run(service.access.identify(V1, Headers({"x-api-key": key})))
