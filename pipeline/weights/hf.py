@@ -14,6 +14,7 @@ from typing import Final
 
 from pipeline.errors import ModelLoadError
 from pipeline.weights.cache import entry_lock
+from pipeline.weights.progress import DownloadProgress, hub_tqdm_class
 
 # The hub's repo-id rules: alphanumerics and '._-', no '--' or '..', at most 96 characters.
 _REPO_PART: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -73,13 +74,15 @@ def resolve_hf(source: str, *, cache_dir: Path, files: Sequence[str] | None, tim
     hf = parse_hf_source(source)
     hub_cache = cache_dir / "hf"
     offline = hf_offline()
+    progress = DownloadProgress(str(hf))  # lines only when bytes actually arrive (not for a cached snapshot)
     try:
         with entry_lock(cache_dir, f"hf/{hf.repo_id}"):
             path = snapshot_download(
                 hf.repo_id, revision=hf.revision, cache_dir=hub_cache,
                 allow_patterns=list(files) if files is not None else None,
-                local_files_only=offline, etag_timeout=timeout_s,
+                local_files_only=offline, etag_timeout=timeout_s, tqdm_class=hub_tqdm_class(progress),
             )
+        progress.finish()
     except RevisionNotFoundError:
         raise ModelLoadError(f"{hf}: revision {hf.revision!r} does not exist in {hf.repo_id}") from None
     except RepositoryNotFoundError:  # also gated repos

@@ -31,6 +31,7 @@ from pipeline.weights.cache import (
     staged_file,
     write_json_atomic,
 )
+from pipeline.weights.progress import DownloadProgress
 
 _ENDPOINT: Final = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _BUCKET: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -120,9 +121,12 @@ def _download(client: Minio, bucket: str, item: _Listed, target: Path) -> None:
     with staged_file(target.parent, prefix=f".{target.name}.") as (handle, staging):
         # If-Match: fail rather than mix a newer upload into the version that was listed.
         response = client.get_object(bucket, item.key, request_headers={"If-Match": f'"{item.etag}"'})
+        progress = DownloadProgress(f"s3://{bucket}/{item.key}", total=item.size)
+        progress.start()
         try:
             for chunk in response.stream(CHUNK_BYTES):
                 handle.write(chunk)
+                progress.add(len(chunk))
         finally:
             response.close()
             response.release_conn()
@@ -131,6 +135,7 @@ def _download(client: Minio, bucket: str, item: _Listed, target: Path) -> None:
             raise ModelLoadError(f"download of s3://{bucket}/{item.key} was cut short: "
                                  f"{staging.stat().st_size} of {item.size} bytes")
         os.replace(staging, target)
+        progress.finish()
 
 
 def _sync(source: str, client: Minio, bucket: str, prefix: str, entry: Path, manifest_path: Path,

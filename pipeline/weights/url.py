@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import ModelLoadError
 from pipeline.weights.cache import CHUNK_BYTES, entry_lock, remove_stale_parts, sha256_of, staged_file
+from pipeline.weights.progress import DownloadProgress
 
 USER_AGENT = "colorize-service/0.1 (model fetcher)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -99,10 +100,14 @@ def _download(pinned: PinnedUrl, destination: Path, timeout_s: float) -> None:
         try:
             with _open(pinned.url, timeout_s) as response:
                 expected_length = response.headers.get("Content-Length")
+                progress = DownloadProgress(pinned.url, total=int(expected_length) if expected_length
+                                            and expected_length.isdigit() else None)
+                progress.start()
                 while chunk := response.read(CHUNK_BYTES):
                     handle.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
+                    progress.add(len(chunk))
         except urllib.error.HTTPError as exc:
             exc.close()
             raise ModelLoadError(f"cannot download {pinned.url}: HTTP {exc.code} {exc.reason}") from None
@@ -122,6 +127,7 @@ def _download(pinned: PinnedUrl, destination: Path, timeout_s: float) -> None:
         handle.close()
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, destination)
+        progress.finish()
 
 
 def resolve_url(source: str, *, cache_dir: Path, sha256: str | None, timeout_s: float) -> Path:
