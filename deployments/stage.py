@@ -21,6 +21,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from pipeline.device import set_torch_threads
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
 from service.memory import trim_after
@@ -67,6 +68,7 @@ class Stage:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         settings = batch_settings(user_config)
+        self._describe["torch_threads"] = set_torch_threads(settings.torch_threads)
         self._run_batch.set_max_batch_size(settings.max_batch_size)
         self._batch_wait.max_wait_s = settings.batch_wait_timeout_s
         self._run_batch.set_batch_wait_timeout_s(self._batch_wait.wait_s())

@@ -18,3 +18,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op threads in this process (none: leave torch's); returns the count in use."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

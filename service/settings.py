@@ -192,6 +192,10 @@ class BatchSettings(Strict):
     batch_wait_timeout_s: float = Field(
         0.02, ge=0, le=5, description="the most a batch waits for more requests, and only while another "
                                       "batch runs (`deployments/batching.py`)")
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="PyTorch intra-op threads of each replica of this stage, for CPU "
+                                        "inference (e.g. the laptop's cores); none: Ray's default, "
+                                        "`OMP_NUM_THREADS` from the replica's `num_cpus` (at least 1)")
 
 
 def batch_settings(user_config: dict[str, Any] | None) -> BatchSettings:

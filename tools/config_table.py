@@ -173,7 +173,7 @@ def generate() -> str:
         "#### A source",
         "Under `diffusion.controlnet`, `diffusion.unet`, `diffusion.vae` and `diffusion.captioner` of a model entry.",
         table(SourceRef),
-        "#### Batching (`user_config:` of a model stage's deployment; live-reconfigurable)",
+        "#### Batching and threads (`user_config:` of a model stage's deployment; live-reconfigurable)",
         table(BatchSettings),
     ])
 

@@ -83,3 +83,25 @@ def test_serving_other_machines_needs_a_public_base_url(monkeypatch):
     monkeypatch.setenv("COLORIZE_PUBLIC_BASE_URL", "https://colorize.example.com/")
     assert public_links_problem(effective_config(config, host="0.0.0.0", port=None, gpus=0)) is None
     assert load_settings(MINIMAL).public_base_url == "https://colorize.example.com"  # the env var wins
+
+
+def test_torch_threads_per_replica_are_validated_and_applied():
+    import torch
+
+    from pipeline.device import set_torch_threads
+
+    assert batch_settings({"max_batch_size": 2, "torch_threads": 3}).torch_threads == 3
+    assert batch_settings({}).torch_threads is None
+    for bad in (0, -1, 1000, "many"):
+        with pytest.raises(ConfigError, match="torch_threads"):
+            batch_settings({"torch_threads": bad})
+    config = {"applications": [{"name": "a", "import_path": "deployments.app:build_app", "args": MINIMAL,
+                                "deployments": [{"name": "ColorizerTiny", "user_config": {"torch_threads": 0}}]}]}
+    assert "torch_threads" in "\n".join(check_config(config, base_dir=ROOT))
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(None) == before
+        other = 1 if before != 1 else 2
+        assert set_torch_threads(other) == other == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
