@@ -1,12 +1,14 @@
 # make demo  - install (once) and serve tiny locally built models, offline, on 127.0.0.1:8000
 # make test  - install (once) and run the test suite
-# make serve - the same service with the published weights of serve_config.yaml
+# make serve - the same service with the published weights of serve_config.yaml (needs a GPU;
+#              PROFILE=cpu: serve_config.cpu.yaml, real colors on a laptop; PROFILE=gpu: serve_config.yaml anyway)
 # make screenshot - retake docs/workbench.png in headless Chromium
 # make bench - graph vs bare model vs a FastAPI peer, overload, memory, profile (~8 min, loopback only)
 PYTHON ?= python3
 VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+PROFILE ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
@@ -26,12 +28,22 @@ demo: install
 	$(BIN)/python -m tools.build_demo .models/demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.demo.yaml --demo-key --host $(HOST) --port $(PORT)
 
+# No PROFILE: serve_config.yaml if a GPU is visible, else a message naming the profile that fits.
 serve: install
+ifeq ($(PROFILE),cpu)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.cpu.yaml --demo-key --host $(HOST) --port $(PORT)
+else ifeq ($(PROFILE),gpu)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.yaml --host $(HOST) --port $(PORT)
+else ifeq ($(PROFILE),)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m deployments.launch serve_config.yaml --needs-gpu --host $(HOST) --port $(PORT)
+else
+	@echo "PROFILE=$(PROFILE): unknown; use PROFILE=cpu (serve_config.cpu.yaml) or PROFILE=gpu (serve_config.yaml)" >&2; exit 2
+endif
 
 check-config: install
 	$(BIN)/python -m deployments.launch serve_config.yaml --check
 	$(BIN)/python -m deployments.launch serve_config.demo.yaml --check
+	$(BIN)/python -m deployments.launch serve_config.cpu.yaml --check
 
 # The browser tests drive Debian's Chromium (Playwright cannot download a browser offline): installed
 # with apt when missing and we are root; otherwise those tests are skipped (REQUIRE_BROWSER=1 fails them).

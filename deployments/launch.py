@@ -1,6 +1,6 @@
 """Validate a serve config, adapt it to this machine, and hand it to ``serve run``.
 
-    python -m deployments.launch serve_config.yaml [--port 8000] [--host 127.0.0.1] [--check]
+    python -m deployments.launch serve_config.yaml [--port 8000] [--host 127.0.0.1] [--check] [--needs-gpu]
 
 ``serve run`` has no --port and Serve's schema ignores unknown keys, so this checks the
 file strictly first (actionable messages, nothing started) and writes the effective config
@@ -100,6 +100,20 @@ def gpu_count() -> int:
         return 0
 
 
+NO_GPU_ADVICE = """\
+no GPU is visible on this machine, and {config} is the GPU profile: its `large` model is SDXL +
+ControlNet + BLIP-large (about 10 GB to download, minutes per photo on a CPU). Instead:
+  make serve PROFILE=cpu   real colors on CPU: DDColor-L/-T, GFPGAN v1.4 (about 1.5 GB once,
+                           seconds per photo; docs/cpu-profile.md)
+  make demo                offline, untrained tiny models (noise colors), to try the service
+  make serve PROFILE=gpu   start {config} on this machine anyway"""
+
+
+def gpu_profile_problem(config_path: Path, gpus: int) -> str | None:
+    """``--needs-gpu`` (``make serve``): refuse a GPU profile on a machine without one, naming the one that fits."""
+    return NO_GPU_ADVICE.format(config=config_path.name) if gpus == 0 else None
+
+
 def effective_config(config: dict[str, Any], *, host: str | None, port: int | None, gpus: int) -> dict[str, Any]:
     config = copy.deepcopy(config)
     http = config.setdefault("http_options", {})
@@ -123,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--check", action="store_true", help="only validate the config")
+    parser.add_argument("--needs-gpu", action="store_true",
+                        help="refuse to start without a visible GPU, saying which profile fits (make serve)")
     parser.add_argument("--demo-key", action="store_true",
                         help="create (once) and print an API key with demo credits ($DEMO_API_KEY fixes it)")
     args = parser.parse_args(argv)
@@ -138,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok")
         return 0
+    gpus = gpu_count()
+    if args.needs_gpu and (problem := gpu_profile_problem(args.config, gpus)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.demo_key:
         print_demo_keys(config)
-    gpus = gpu_count()
     effective = effective_config(config, host=args.host, port=args.port, gpus=gpus)
     exposure = public_links_problem(effective)
     if exposure:

@@ -22,7 +22,7 @@ RUN, SYNTAX, TEXT = "bash", "shell", "text"
 PARSED = ("yaml", "json", "python")
 LANGUAGES = (RUN, SYNTAX, TEXT, *PARSED)
 # What the scratch directory of a running block holds besides photo.jpg: files the docs' commands read.
-LINKED_FILES = ("serve_config.yaml", "serve_config.demo.yaml", "cluster.yaml")
+LINKED_FILES = ("serve_config.yaml", "serve_config.demo.yaml", "serve_config.cpu.yaml", "cluster.yaml")
 # A curl that fails on HTTP errors, so a doc example that stops working fails its block.
 CURL_FAILS_ON_HTTP_ERRORS = 'curl() { command curl --fail-with-body --silent --show-error "$@"; }\n'
 

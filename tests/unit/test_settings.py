@@ -14,7 +14,7 @@ MINIMAL = {"colorizers": {"large": {"architecture": "siggraph17", "source": "m/l
                           "tiny": {"architecture": "ddcolor", "source": "/abs/t"}}}
 
 
-@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.demo.yaml"])
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.demo.yaml", "serve_config.cpu.yaml"])
 def test_shipped_configs_are_valid(name):
     config = yaml.safe_load((ROOT / name).read_text())
     assert check_config(config, base_dir=ROOT) == []
@@ -105,3 +105,53 @@ def test_torch_threads_per_replica_are_validated_and_applied():
         assert set_torch_threads(other) == other == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_make_check_config_checks_every_shipped_profile():
+    makefile = (ROOT / "Makefile").read_text()
+    for path in sorted(ROOT.glob("serve_config*.yaml")):
+        assert f"deployments.launch {path.name} --check" in makefile, path.name
+
+
+def test_cpu_profile_is_cpu_only_with_small_batches_and_threads():
+    config = yaml.safe_load((ROOT / "serve_config.cpu.yaml").read_text())
+    app = config["applications"][0]
+    settings = load_settings(app["args"], base_dir=ROOT)
+    production = load_settings(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"],
+                               base_dir=ROOT)
+    assert settings.colorizers.tiny == production.colorizers.tiny.model_copy(update={
+        "device": "cpu", "max_gpu_memory_fraction": None})  # the same published DDColor-T
+    assert settings.face_remaster == production.face_remaster.model_copy(update={
+        "restorer": production.face_remaster.restorer.model_copy(update={"device": "cpu"})})
+    assert settings.scratch_repair == production.scratch_repair  # OpenCV, no weights
+    assert settings.colorizers.large.source == "hf://piddnad/ddcolor_paper"
+    shares = 0.0
+    for deployment in app["deployments"]:
+        options = deployment["ray_actor_options"]
+        assert not options.get("num_gpus")
+        shares += options["num_cpus"]
+        if deployment["name"] != "Ingress":
+            assert batch_settings(deployment["user_config"]).max_batch_size <= 2
+    assert shares <= 2  # every replica schedules on a 2-core laptop
+
+
+def test_make_serve_without_a_gpu_names_the_profile_that_fits(monkeypatch, capsys, tmp_path):
+    import deployments.launch as launch
+
+    started = []
+    monkeypatch.setattr(launch, "serve_run", lambda target: started.append(target) or 0)
+    for name in (*launch.CPU_RAY_ENV, launch.CALLBACK_ENV, "COLORIZE_BASE_DIR"):  # main() sets them: restore after
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "serve_config.yaml").write_text((ROOT / "serve_config.yaml").read_text())
+    assert launch.main(["serve_config.yaml", "--needs-gpu"]) == 2
+    error = capsys.readouterr().err
+    assert "no GPU is visible" in error and "make serve PROFILE=cpu" in error and "make serve PROFILE=gpu" in error
+    assert started == []
+    assert launch.main(["serve_config.yaml"]) == 0  # PROFILE=gpu: forced, on CPU, with the usual notes
+    assert "running ColorizerLarge on CPU" in capsys.readouterr().out
+    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
+    assert launch.main(["serve_config.yaml", "--needs-gpu"]) == 0
+    assert len(started) == 2
