@@ -2,6 +2,11 @@
 
     python -m bench.models                       # CPU: tiny builds + full-size DDColor-T/SIGGRAPH17
     python -m bench.models --device cuda --dtype float16 --size 1024 --batches 1 8 32
+    python -m bench.models --models ddcolor:ddcolor_paper_tiny ddcolor:ddcolor_paper face:GFPGANv1.4 \
+        --batches 1 2 --threads 2               # the CPU profile (docs/cpu-profile.md)
+
+``face:<config>`` is the whole face-remaster stage (MTCNN with its shipped weights, GFPGAN with random
+weights, paste-back) on a real portrait (skimage's astronaut, grey, ``--size`` px square): one face.
 
 Full-size architectures run with random weights (no weights can be downloaded here):
 latency and memory are real, the colors are not. Prints one table; ratios are measured
@@ -43,6 +48,29 @@ def build(architecture: str, variant: str, device: torch.device, dtype: torch.dt
     return model.to(device=device, dtype=dtype).eval()
 
 
+def face_photos(count: int, size: int) -> list[np.ndarray]:
+    from PIL import Image
+    from skimage import data
+
+    grey = Image.fromarray(data.astronaut()).convert("L").resize((size, size), Image.Resampling.BICUBIC)
+    return [np.array(grey.convert("RGB")) for _ in range(count)]
+
+
+def stage_for(entry: str, device: torch.device, dtype: torch.dtype):
+    """A stage with ``run_batch(images)`` and the photos it runs on."""
+    architecture, variant = entry.split(":")
+    if architecture == "face":
+        from pipeline.stages.face_detect import FaceDetector
+        from pipeline.stages.face_remaster import FaceRemaster
+
+        stage = FaceRemaster(build("gfpgan", variant, device, dtype), FaceDetector())
+        photo = face_photos(1, 512)[0]
+        if np.array_equal(stage.run_batch([photo])[0], photo):  # else GFPGAN never ran: no timing of it
+            raise SystemExit("face bench: MTCNN found no face in the portrait")
+        return stage, face_photos
+    return Colorizer(build(architecture, variant, device, dtype)), photo_batch
+
+
 def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
     run()  # warm-up: allocator, kernels, lazy init
     samples = []
@@ -64,21 +92,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="input image side (px)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=[
         "siggraph17:tiny", "ddcolor:tiny", "siggraph17:siggraph17", "ddcolor:ddcolor_paper_tiny"])
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# bare models on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{dtype}, {args.size}px inputs, torch threads {torch.get_num_threads()}")
     print(f"{'model':34} {'batch':>5} {'ms/batch':>10} {'ms/image':>9} {'img/s':>8} {'vs b1':>6} {'GPU MiB':>8}")
     for entry in args.models:
-        architecture, variant = entry.split(":")
-        colorizer = Colorizer(build(architecture, variant, device, dtype))
+        colorizer, photos = stage_for(entry, device, dtype)
         base_rate = None
         for batch in args.batches:
-            images = photo_batch(batch, args.size)
+            images = photos(batch, args.size)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             seconds = timed(lambda: colorizer.run_batch(images), device, args.repeats)
