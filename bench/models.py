@@ -71,18 +71,24 @@ def stage_for(entry: str, device: torch.device, dtype: torch.dtype):
     return Colorizer(build(architecture, variant, device, dtype)), photo_batch
 
 
-def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (all threads of this process) of ``run``.
+
+    On a shared machine the wall time grows with everyone else's load; the CPU time much less, so
+    CPU seconds / threads estimates the wall time on an idle machine with that many free cores.
+    """
     run()  # warm-up: allocator, kernels, lazy init
-    samples = []
+    samples, cpu = [], []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        cpu.append(time.process_time() - cpu_started)
+    return statistics.median(samples), statistics.median(cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"# bare models on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{dtype}, {args.size}px inputs, torch threads {torch.get_num_threads()}")
-    print(f"{'model':34} {'batch':>5} {'ms/batch':>10} {'ms/image':>9} {'img/s':>8} {'vs b1':>6} {'GPU MiB':>8}")
+    print(f"{'model':34} {'batch':>5} {'ms/batch':>10} {'ms/image':>9} {'img/s':>8} {'vs b1':>6} {'GPU MiB':>8} "
+          f"{'CPU s/image':>11}")
     for entry in args.models:
         colorizer, photos = stage_for(entry, device, dtype)
         base_rate = None
@@ -111,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             images = photos(batch, args.size)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            seconds = timed(lambda: colorizer.run_batch(images), device, args.repeats)
+            seconds, cpu_seconds = timed(lambda: colorizer.run_batch(images), device, args.repeats)
             rate = batch / seconds
             base_rate = base_rate or rate
             memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
             print(f"{entry:34} {batch:>5} {seconds * 1000:>10.1f} {seconds * 1000 / batch:>9.1f} "
-                  f"{rate:>8.2f} {rate / base_rate:>6.2f} {memory:>8.0f}", flush=True)
+                  f"{rate:>8.2f} {rate / base_rate:>6.2f} {memory:>8.0f} {cpu_seconds / batch:>11.2f}", flush=True)
 
         if device.type == "cuda":
             torch.cuda.empty_cache()
