@@ -411,6 +411,9 @@ def _components() -> dict[str, Any]:
                        "error": {"type": "string", "description": "Why the model is not loaded or not reachable."},
                        "batch_sizes": {"type": "object", "additionalProperties": {"type": "integer"},
                                        "description": "How many batches of each size it has run."},
+                       "torch_threads": {"type": "integer", "minimum": 1,
+                                         "description": "PyTorch intra-op threads of the replica that answered "
+                                                        "(the deployment's `user_config.torch_threads`, else Ray's)."},
                        "node_id": {"type": "string"}},
         "additionalProperties": True}
     loaded_only = {"type": "object", "required": ["loaded"], "additionalProperties": False,
