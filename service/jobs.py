@@ -138,10 +138,11 @@ class Jobs:
             with record.phase("encode"):
                 encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
             del image, rgb  # before the store write: a large photo's arrays leave the budget with it
-        await _trim_after(pixels)
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
         with record.phase("store"):
             await self.put("results", filename, encoded)
+        del encoded  # the encoded file (tens of MB for a big photo) is freed before the trim
+        await _trim_after(pixels)
         return filename
 
     async def put(self, kind: str, name: str, data: bytes) -> None:
