@@ -95,3 +95,32 @@ def test_hub_snapshot_bars_report_through_the_tqdm_class() -> None:
                         lines[-1])
     assert any(" of 300.0 kB (" in line for line in lines[1:-1]), lines  # the totals of both files
     assert 2 <= len(lines) - 2 <= 3, lines  # one line per second of the 3 s, never per update
+
+
+def test_hf_resolver_reports_the_hub_download(tmp_path: Path, monkeypatch, capsys) -> None:
+    """resolve_hf hands snapshot_download a tqdm_class; here a stand-in for the hub drives it as the
+    real one does (byte bars whose totals grow per file), since the Hub is out of reach."""
+    import huggingface_hub
+    from huggingface_hub.utils.tqdm import _create_progress_bar
+
+    def snapshot_download(repo_id, *, tqdm_class, cache_dir, **kwargs):
+        bar = _create_progress_bar(cls=tqdm_class, log_level=20, name="huggingface_hub.snapshot_download",
+                                   desc="Reconstructing", total=0, initial=0, unit="B", unit_scale=True)
+        for size in (220_000, 1_000):
+            bar.total += size
+            for _ in range(size // 1_000):
+                bar.update(1_000)
+        snapshot = Path(cache_dir) / "snapshot"
+        snapshot.mkdir(parents=True)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    resolve_model_source("hf://piddnad/ddcolor_paper_tiny", cache_dir=tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model download:")]
+    assert lines[0] == ("model download: hf://piddnad/ddcolor_paper_tiny (220.0 kB): starting, into the model "
+                        "cache (once)")  # the total known so far: the hub adds each file's as it starts
+    assert re.fullmatch(r"model download: hf://piddnad/ddcolor_paper_tiny: done, 221.0 kB in [0-9.]+ s "
+                        r"\([0-9.]+ [kMG]?B/s\)", lines[1])
+    assert len(lines) == 2  # interval 0: start and done only
