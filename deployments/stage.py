@@ -21,7 +21,6 @@ import numpy as np
 import ray
 from ray import serve
 
-from pipeline.device import set_torch_threads
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
 from service.memory import release_shared_mappings, trim_after
@@ -73,6 +72,8 @@ class Stage:
         self.telemetry.model_load(name, loaded=self._impl is not None, seconds=time.perf_counter() - started)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
+        from pipeline.device import set_torch_threads  # torch: only in stage replicas, never the ingress's import
+
         settings = batch_settings(user_config)
         self._describe["torch_threads"] = set_torch_threads(settings.torch_threads)
         self._run_batch.set_max_batch_size(settings.max_batch_size)

@@ -73,3 +73,17 @@ def test_the_reader_sees_absolute_relative_and_lazy_imports():
     assert "ray" in stage and "service.stages" in stage and "deployments.batching" in stage  # `from .batching`
     loaders = {name for _, name in imported_modules(ROOT / "service" / "stages.py")}
     assert "pipeline.stages.face_remaster" in loaders  # imported inside a function
+
+
+def test_the_ingress_and_the_launcher_do_not_import_torch():
+    """The Ingress replica and ``deployments.launch`` import ``deployments.app`` (and with it the Stage
+    class): torch (hundreds of MB, seconds) belongs in stage replicas only, imported when they load."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, deployments.app, deployments.launch, service.app; "
+            "sys.exit('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, f"torch was imported at module level on the ingress's path\n{result.stderr}"
