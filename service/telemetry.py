@@ -275,8 +275,9 @@ class Telemetry(AccessEvents):
 
     def ledger_call(self, operation: str, seconds: float) -> None:
         # The ledger runs in a worker thread started with the request's context: this is its record.
-        # (A background call, e.g. the sweep, counts for the request that happened to start it.)
-        current_request().add_phase("ledger", seconds)
+        # The sweep runs beside the request that happened to start it, for everyone: not its time.
+        if operation != "sweep":
+            current_request().add_phase("ledger", seconds)
 
     def _record(self, metric: Metric, value: float, **tags: str) -> None:
         self.recorder.record(metric, value, tags)

@@ -135,7 +135,7 @@ def test_jobs_are_counted_and_logged_as_sent_and_as_the_ledger_saw_them(start, s
     assert 0 < ok["stages"]["tiny"]["run_s"] <= ok["seconds"]
     # Where the job's time went in the ingress, in order; the stages' round trip holds their own runs.
     assert list(ok["phases"]) == ["ledger", "pixel_budget", "decode", "stages", "encode", "store"]
-    assert ok["stages"]["tiny"]["run_s"] <= ok["phases"]["stages"] and sum(ok["phases"].values()) <= ok["seconds"]
+    assert ok["stages"]["tiny"]["run_s"] <= ok["phases"]["stages"] and sum(ok["phases"].values()) <= ok["seconds"] + 0.001  # each rounded to 0.1 ms
     assert ok["phases"]["ledger"] > 0  # check_key, open_job and finish_job, each timed
     assert len(recorder.get(t.JOB_PHASE_SECONDS, phase="stages")) == \
         sum(1 for entry in entries.values() if "stages" in entry["phases"])
