@@ -30,12 +30,13 @@ def deploy(name: str, serve_cluster: str, models_dir, tmp_path_factory, options:
 
 
 @pytest.fixture(scope="module")
-def proxy_bound(serve_cluster, models_dir, tmp_path_factory):
+def proxy_bound(serve_cluster, models_dir, signing_keys, tmp_path_factory):
     from ray import serve
 
     options = {"Ingress": {"max_ongoing_requests": 1, "max_queued_requests": 1,
                            "backpressure_config": {"status_code": 503, "retry_after_s": 2}}}
-    yield deploy("shed-proxy", serve_cluster, models_dir, tmp_path_factory, options)
+    service = deploy("shed-proxy", serve_cluster, models_dir, tmp_path_factory, options, signing_keys.jwks_url)
+    yield {**service, "app_check": signing_keys.token()}
     serve.delete("shed-proxy")
 
 
@@ -59,15 +60,26 @@ def burst(url: str, headers: dict | None = None, field: str = "image") -> list[h
     return asyncio.run(send_all())
 
 
-def test_a_full_ingress_queue_sheds_at_the_proxy_with_retry_after(proxy_bound):
+def test_a_full_ingress_queue_sheds_at_the_proxy_in_each_contracts_shape(proxy_bound):
+    """Serve's own backpressure answer is plain text; the proxy hook re-sends it as each contract's
+    "busy" (429 on the key API, 503 on the App Check API), keeping Retry-After; /livez answers beside it."""
     key = create_key(proxy_bound["args"], credits=100, rate_per_s=1000, burst=1000)
-    responses = burst(f"{proxy_bound['url']}/api/v1/colorize", {"X-Api-Key": key})
-    statuses = Counter(response.status_code for response in responses)
-    assert set(statuses) == {200, 503}, statuses
-    for response in responses:
-        if response.status_code == 503:
-            assert response.headers["Retry-After"] == "2"
-    assert balance(proxy_bound["args"], key) == 100 - statuses[200]  # shed requests cost nothing
+    for route, shed_status, field in (("/api/v1/colorize", 429, "image"), ("/colorize", 503, "file")):
+        responses = burst(f"{proxy_bound['url']}{route}",
+                           {"X-Api-Key": key, "X-Firebase-AppCheck": proxy_bound["app_check"]}, field)
+        statuses = Counter(response.status_code for response in responses)
+        assert set(statuses) == {200, shed_status}, (route, statuses)
+        for response in responses:
+            if response.status_code == shed_status:
+                assert response.headers["Retry-After"] == "2"
+                assert response.headers["content-type"] == "application/json"
+                assert response.json() == {"detail": "server is busy; retry shortly"}
+                assert response.headers["X-Request-Id"]
+        if route == "/api/v1/colorize":
+            assert balance(proxy_bound["args"], key) == 100 - statuses[200]  # shed requests cost nothing
+    base = proxy_bound["url"].rsplit("/", 1)[0]
+    live = httpx.get(f"{base}/livez", timeout=5)
+    assert live.status_code == 200 and live.json() == {"status": "live"}
 
 
 def test_a_full_stage_queue_sheds_in_each_contracts_error_shape(stage_bound):
