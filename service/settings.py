@@ -46,7 +46,8 @@ class AdmissionSettings(Strict):
                                             "per Ingress replica (`service/admission.py`); false: every job is let in")
     min_concurrency: int = Field(8, ge=1, le=4096, description="jobs in flight the limit starts at and never goes "
                                                               "below; their latency is the baseline")
-    max_concurrency: int = Field(256, ge=1, le=4096, description="the most jobs in flight, however fast they run")
+    max_concurrency: int = Field(64, ge=1, le=4096, description="the most jobs in flight, however fast they run; keep "
+                                                                "it within the stages' `max_ongoing_requests`")
     latency_tolerance: float = Field(1.5, gt=1, le=10, description="the limit grows while recent job latency stays "
                                                                    "within this many times the baseline, and shrinks above it")
     max_queue_wait_s: float = Field(0.25, ge=0, le=60, description="the longest a job waits for a place: one expected "
