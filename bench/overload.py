@@ -32,8 +32,10 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import yaml
 import numpy as np
 
 from .load import NOT_SENT, RunResult, Sample, Target, colorize_target
@@ -51,9 +53,10 @@ class RawClient:
     lone client saw 1 s), which is the client's delay, not the service's."""
 
     def __init__(self, target: Target, timeout_s: float = 30.0):
-        host, port = target.base_url.removeprefix("http://").rstrip("/").split(":")
-        self.host, self.port, self.timeout_s = host, int(port), timeout_s
-        path = target.url[len(target.base_url.rstrip("/")):]
+        where = urlsplit(target.base_url)
+        host, port = where.hostname, where.port or 80
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        path = urlsplit(target.url).path
         extra = "".join(f"{name}: {value}\r\n" for name, value in target.headers.items())
         self.requests = [f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Content-Type: {content_type}\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body, content_type in target.bodies]
@@ -153,8 +156,11 @@ async def raw_open_loop(target: Target, rate_per_s: float, seconds: float, *, se
 class Prober:
     """Asks each probe path once a second until stopped; counts answers (200, within 1 s)."""
 
-    def __init__(self, base_url: str, target: Target | None = None):
+    def __init__(self, base_url: str, target: Target | None = None, live_url: str | None = None):
         self.base_url, self.target = base_url, target
+        self.urls = {path: base_url + path for path in PROBES}
+        if live_url:
+            self.urls["/livez"] = live_url
         self.results: Counter = Counter()
         self.witness_ms: list[float] = []  # a lone client's accepted jobs, one a second: the server's own latency
         self.witness_statuses: Counter = Counter()
@@ -182,7 +188,7 @@ class Prober:
                 for path in PROBES:
                     started = time.perf_counter()
                     try:
-                        answer = await client.get(self.base_url + path)
+                        answer = await client.get(self.urls[path])
                         ok = answer.status_code == 200 and time.perf_counter() - started <= PROBE_TIMEOUT_S
                     except httpx.HTTPError:
                         ok = False
@@ -203,8 +209,8 @@ class Prober:
         return not any(count for (path, ok), count in self.results.items() if not ok)
 
 
-async def with_probes(base_url: str, load, target: Target | None = None):
-    prober = Prober(base_url, target)
+async def with_probes(base_url: str, load, target: Target | None = None, live_url: str | None = None):
+    prober = Prober(base_url, target, live_url)
     probing = asyncio.create_task(prober.run())
     try:
         result = await load
@@ -424,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="with --api: an API key with enough credits")
     parser.add_argument("--workdir", type=Path, default=Path(".run/bench-overload"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--before", action="store_true",
+                        help="the demo config as shipped before adaptive admission (admission off, Ingress 64 + 64)")
     args = parser.parse_args(argv)
     seconds = min(max(args.seconds, 5), 120)
     soak = min(max(args.soak, 0), 1800)
@@ -442,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
         build(args.workdir / "models")
         demo = DemoService(args.workdir / "service", args.workdir / "models", free_port())
+        if args.before:
+            config = yaml.safe_load(demo.config.read_text())
+            config["applications"][0]["args"]["admission"] = {"enabled": False}
+            config["applications"][0]["deployments"][0]["max_ongoing_requests"] = 64
+            demo.config.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"demo service (serve_config.demo.yaml) ready in {demo.start():.0f} s", flush=True)
         try:
             credits = 10_000_000
@@ -456,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             demo.stop()
     results["run"] = {"date": started.isoformat(timespec="seconds"), "machine": platform.node(),
                       "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-                      "seconds_per_phase": seconds, "photo_px": args.size}
+                      "seconds_per_phase": seconds, "photo_px": args.size,
+                      "config": "before: admission off, Ingress 64 + 64" if args.before else "serve_config.demo.yaml"}
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -32,6 +32,10 @@ BASELINE_WEIGHT = 0.05  # moving averages: the baseline follows slowly, the rece
 RECENT_WEIGHT = 0.2
 
 
+class Slot:
+    measured = True
+
+
 class AdaptiveAdmission:
     def __init__(self, *, min_limit: int, max_limit: int, latency_tolerance: float, max_queue_wait_s: float,
                  clock: Callable[[], float] = time.monotonic):
@@ -56,17 +60,19 @@ class AdaptiveAdmission:
         return place * (self.recent_s or 0.0) / max(1.0, self.limit)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """A place among the jobs in flight for the body of the block; raises Overloaded instead."""
+    async def slot(self) -> AsyncIterator[Slot]:
+        """A place among the jobs in flight for the body of the block; raises Overloaded instead.
+        The block may set ``measured = False`` on what it gets: a refusal says nothing of latency."""
         await self._acquire()
         started, running = self.clock(), self.in_flight
+        place = Slot()
         completed = False
         try:
-            yield
+            yield place
             completed = True
         finally:
             self.in_flight -= 1
-            if completed:  # failures (often fast refusals) say nothing about the service's latency
+            if completed and place.measured:  # failures (often fast refusals) say nothing about latency
                 self.observe(self.clock() - started, running)
             self._wake()
 

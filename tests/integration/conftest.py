@@ -27,6 +27,9 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
         **model_args(models),
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
         "url_fetch": {"timeout_s": 5, "allow_hosts": [URL_SERVER]},
+        # Tests that burst dozens of requests at once check metering and shapes, not admission: their
+        # jobs may wait for a place as long as they like (test_overload.py runs the shipped defaults).
+        "admission": {"max_queue_wait_s": 60},
     }
     args.update(overrides)
     return args

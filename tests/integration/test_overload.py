@@ -1,6 +1,7 @@
 """Bounded queues shed load with Retry-After, charge nothing, and never answer 5xx otherwise:
 at the proxy (a full Ingress queue, Serve's backpressure_config) and inside the graph (a full
-stage queue, answered by the ingress in each contract's error shape)."""
+stage queue, answered by the ingress in each contract's error shape); and the shipped admission
+holds goodput at 3x the capacity it measures, with every health probe answered."""
 from __future__ import annotations
 
 import asyncio
@@ -18,13 +19,14 @@ BURST = 16
 PHOTO = encode(photo(384, 256, seed=11), "JPEG")
 
 
-def deploy(name: str, serve_cluster: str, models_dir, tmp_path_factory, options: dict, jwks_url=None) -> dict:
+def deploy(name: str, serve_cluster: str, models_dir, tmp_path_factory, options: dict, jwks_url=None,
+           **overrides) -> dict:
     from ray import serve
 
     from deployments.app import build_graph
     from service.settings import load_settings
 
-    args = demo_args(tmp_path_factory.mktemp(name), models_dir, jwks_url=jwks_url)
+    args = demo_args(tmp_path_factory.mktemp(name), models_dir, jwks_url=jwks_url, **overrides)
     serve.run(build_graph(load_settings(args), options), name=name, route_prefix=f"/{name}")
     return {"url": f"{serve_cluster}/{name}", "args": args}
 
@@ -97,3 +99,43 @@ def test_a_full_stage_queue_sheds_in_each_contracts_error_shape(stage_bound):
                 assert response.headers["Retry-After"] == "2"
         if route == "/api/v1/colorize":
             assert balance(stage_bound["args"], key) == 100 - statuses[200]
+
+
+@pytest.fixture(scope="module")
+def admitted(serve_cluster, models_dir, tmp_path_factory):
+    """The shipped defaults: admission on (its own settings' defaults), the Ingress's 256 places."""
+    from ray import serve
+
+    service = deploy("admitted", serve_cluster, models_dir, tmp_path_factory,
+                     {"Ingress": {"max_ongoing_requests": 256}}, admission={})
+    yield service
+    serve.delete("admitted")
+
+
+def test_three_times_capacity_keeps_goodput_and_every_probe_answered(admitted, serve_cluster):
+    """The CI-sized bench/overload.py: capacity at 8 clients (closed loop), then 3x that offered for
+    15 s (open loop): goodput >= 80% of that capacity, sheds only as 429 (key API), every probe of
+    /livez, /readyz and /health answered within 1 s, and exactly the 200s charged."""
+    from bench.load import colorize_target
+    from bench.overload import raw_closed_loop, raw_open_loop, with_probes
+
+    credits = 100_000
+    key = create_key(admitted["args"], credits=credits, rate_per_s=100_000, burst=100_000)
+    target = colorize_target(admitted["url"], api_key=key, size=256, timeout_s=30)
+
+    async def scenario():
+        capacity_run = await raw_closed_loop(target, 8, 6)
+        offered = await with_probes(admitted["url"], raw_open_loop(target, 3 * capacity_run.throughput(), 15),
+                                    live_url=f"{serve_cluster}/livez")
+        return capacity_run, *offered
+
+    capacity_run, overload, prober = asyncio.run(scenario())
+    capacity = capacity_run.throughput()
+    statuses = Counter(sample.status for sample in overload.samples)
+    print(f"capacity {capacity:.1f} req/s; 3x: goodput {overload.throughput():.1f} req/s, {dict(statuses)}, "
+          f"probes {prober.summary()}")
+    assert capacity > 0 and set(statuses) <= {200, 429}, statuses
+    assert overload.throughput() >= 0.8 * capacity, (overload.throughput(), capacity)
+    assert prober.all_answered() and sum(prober.results.values()) >= 3 * 12, prober.results
+    oks = statuses[200] + Counter(sample.status for sample in capacity_run.samples)[200]
+    assert balance(admitted["args"], key) == credits - oks  # shed requests cost nothing
