@@ -23,6 +23,7 @@ CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "deployments.proxy_hooks:http_middlewares"
 # The app's `admission:` settings as JSON, exported by deployments.launch: admission in the proxy too.
 ADMISSION_ENV = "COLORIZE_PROXY_ADMISSION"
+ADMISSION_PREFIX_ENV = "COLORIZE_PROXY_ADMISSION_PREFIX"  # only jobs under this path (default: all)
 JOB_ROUTE_ENDINGS = ("/api/v1/colorize", "/colorize")
 
 
@@ -107,14 +108,16 @@ class ProxyAdmission:
     at 4x offered load those refusals took more CPU than the model). The latency it follows is
     that of jobs answered 2xx."""
 
-    def __init__(self, app: ASGIApp, settings: AdmissionSettings):
-        self.app = app
+    def __init__(self, app: ASGIApp, settings: AdmissionSettings, prefix: str = "/"):
+        self.app, self.prefix = app, prefix
         self.admission = AdaptiveAdmission(min_limit=settings.min_concurrency, max_limit=settings.max_concurrency,
                                            latency_tolerance=settings.latency_tolerance,
                                            max_queue_wait_s=settings.max_queue_wait_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(JOB_ROUTE_ENDINGS):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not path.endswith(JOB_ROUTE_ENDINGS) \
+                or not path.startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         try:
@@ -144,4 +147,5 @@ def http_middlewares() -> list[Middleware]:
     # Serve wraps its app in each in turn, so the last listed is the outermost: liveness first.
     admission = proxy_admission_settings()
     return [Middleware(BoundedRequestId), Middleware(JsonFrontErrors),
-            *([Middleware(ProxyAdmission, settings=admission)] if admission else []), Middleware(Liveness)]
+            *([Middleware(ProxyAdmission, settings=admission, prefix=os.environ.get(ADMISSION_PREFIX_ENV, "/"))]
+              if admission else []), Middleware(Liveness)]

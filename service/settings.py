@@ -50,7 +50,7 @@ class AdmissionSettings(Strict):
                                                                 "it within the stages' `max_ongoing_requests`")
     latency_tolerance: float = Field(1.5, gt=1, le=10, description="the limit grows while recent job latency stays "
                                                                    "within this many times the baseline, and shrinks above it")
-    max_queue_wait_s: float = Field(0.25, ge=0, le=60, description="the longest a job waits for a place: one expected "
+    max_queue_wait_s: float = Field(0.1, ge=0, le=60, description="the longest a job waits for a place: one expected "
                                                                    "to wait longer is refused at once, 429 (key API) or "
                                                                    "503 (App Check API) with Retry-After, nothing charged")
     readiness_ttl_s: float = Field(2.0, gt=0, le=60, description="how often storage and the ledger are checked in the "

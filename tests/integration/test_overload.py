@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers import encode, photo
-from tests.integration.conftest import balance, create_key, demo_args
+from tests.integration.conftest import ADMITTED_APP, balance, create_key, demo_args
 
 pytestmark = pytest.mark.integration
 
@@ -103,13 +103,14 @@ def test_a_full_stage_queue_sheds_in_each_contracts_error_shape(stage_bound):
 
 @pytest.fixture(scope="module")
 def admitted(serve_cluster, models_dir, tmp_path_factory):
-    """The shipped defaults: admission on (its own settings' defaults), the Ingress's 256 places."""
+    """The shipped defaults: admission on (its own settings' defaults) in the Ingress and in the proxy
+    (conftest.py), the Ingress's 256 places."""
     from ray import serve
 
-    service = deploy("admitted", serve_cluster, models_dir, tmp_path_factory,
+    service = deploy(ADMITTED_APP, serve_cluster, models_dir, tmp_path_factory,
                      {"Ingress": {"max_ongoing_requests": 256}}, admission={})
     yield service
-    serve.delete("admitted")
+    serve.delete(ADMITTED_APP)
 
 
 def test_three_times_capacity_keeps_goodput_and_every_probe_answered(admitted, serve_cluster):
