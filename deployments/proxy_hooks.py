@@ -7,6 +7,7 @@ its proxy app in these, outside its request-id middleware, so they run first.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 
@@ -143,7 +144,77 @@ def proxy_admission_settings() -> AdmissionSettings | None:
     return settings if settings.enabled else None
 
 
+# Slow and idle clients. uvicorn (Serve's proxy) has no header-read timeout: a connection that never
+# finishes its request line or headers would be kept for ever. These bound it in the proxy process.
+HEADER_TIMEOUT_ENV, MAX_CONNECTIONS_ENV = "COLORIZE_HTTP_HEADER_TIMEOUT_S", "COLORIZE_HTTP_MAX_CONNECTIONS"
+HEADER_TIMEOUT_S = 10.0    # from connecting, or from the last answer, to a request's complete headers
+MAX_CONNECTIONS = 10_000   # open connections per proxy process (its file-descriptor limit is 20,000)
+
+
+def bound_slow_clients(header_timeout_s: float, max_connections: int) -> bool:
+    """Patch uvicorn's httptools protocol in this (the proxy's) process: close a connection whose
+    request headers are not complete ``header_timeout_s`` after it opened or after its last answer
+    (idle keep-alive connections included), and close new connections beyond ``max_connections`` at
+    once. Returns False when uvicorn's layout is not the one expected (nothing patched)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+    except ImportError:
+        return False
+    if getattr(Protocol, "_colorize_bounded", False):
+        return True
+    if not all(hasattr(Protocol, name) for name in ("connection_made", "connection_lost", "on_headers_complete",
+                                                    "on_response_complete")):
+        return False
+    made, lost = Protocol.connection_made, Protocol.connection_lost
+    headers_done, response_done = Protocol.on_headers_complete, Protocol.on_response_complete
+
+    def disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def expire(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def arm(self) -> None:
+        disarm(self)
+        self._header_timer = self.loop.call_later(header_timeout_s, expire, self)
+
+    def connection_made(self, transport) -> None:
+        made(self, transport)
+        if len(self.connections) > max_connections:
+            transport.close()  # over the cap: refused before anything is read
+            return
+        arm(self)
+
+    def connection_lost(self, exc) -> None:
+        disarm(self)
+        lost(self, exc)
+
+    def on_headers_complete(self) -> None:
+        disarm(self)
+        headers_done(self)
+
+    def on_response_complete(self) -> None:
+        response_done(self)
+        if not self.transport.is_closing() and not self.pipeline:
+            arm(self)  # the next request's headers are due within the bound too
+
+    Protocol.connection_made, Protocol.connection_lost = connection_made, connection_lost
+    Protocol.on_headers_complete, Protocol.on_response_complete = on_headers_complete, on_response_complete
+    Protocol._colorize_bounded = True
+    return True
+
+
 def http_middlewares() -> list[Middleware]:
+    # Called in the proxy's process before its HTTP server starts: the connection bounds go in first.
+    if not bound_slow_clients(float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT_S)),
+                              int(os.environ.get(MAX_CONNECTIONS_ENV, MAX_CONNECTIONS))):
+        logging.getLogger("ray.serve").warning("uvicorn's HTTP protocol is not the expected one: "
+                                               "incomplete requests are not timed out")
     # Serve wraps its app in each in turn, so the last listed is the outermost: liveness first.
     admission = proxy_admission_settings()
     return [Middleware(BoundedRequestId), Middleware(JsonFrontErrors),

@@ -140,3 +140,32 @@ def test_three_times_capacity_keeps_goodput_and_every_probe_answered(admitted, s
     assert prober.all_answered() and sum(prober.results.values()) >= 3 * 12, prober.results
     oks = statuses[200] + Counter(sample.status for sample in capacity_run.samples)[200]
     assert balance(admitted["args"], key) == credits - oks  # shed requests cost nothing
+
+
+def test_idle_and_incomplete_connections_are_closed_within_the_bound_while_livez_answers(serve_cluster):
+    """A connection that sends nothing, half a request line or unfinished headers is closed by the
+    proxy HEADER_TIMEOUT_S after it opened (deployments/proxy_hooks.py), well within 30 s."""
+    import socket
+    import time
+
+    from deployments.proxy_hooks import HEADER_TIMEOUT_S
+
+    host, port = serve_cluster.removeprefix("http://").split(":")
+    partials = (b"", b"GET /hea", b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    sockets = [socket.create_connection((host, int(port)), timeout=5) for _ in partials]
+    opened = time.monotonic()
+    for sock, partial in zip(sockets, partials):
+        sock.sendall(partial)
+    assert httpx.get(f"{serve_cluster}/livez", timeout=2).status_code == 200  # beside them
+    closed_after = []
+    for sock in sockets:
+        sock.settimeout(HEADER_TIMEOUT_S + 10)
+        try:
+            while sock.recv(4096):  # the proxy may answer before it closes
+                pass
+        except OSError:
+            pass
+        closed_after.append(time.monotonic() - opened)
+        sock.close()
+    assert all(HEADER_TIMEOUT_S - 1 <= after <= HEADER_TIMEOUT_S + 5 for after in closed_after), closed_after
+    assert httpx.get(f"{serve_cluster}/livez", timeout=2).status_code == 200
