@@ -44,6 +44,7 @@ PROBES = ("/livez", "/readyz", "/health")
 PROBE_TIMEOUT_S = 1.0
 IDLE_CLOSE_BOUND_S = 30.0
 MAX_IDLE_SOCKETS = 20_000
+KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: the server may close a connection idle longer (10 s here)
 
 
 class RawClient:
@@ -60,11 +61,17 @@ class RawClient:
         extra = "".join(f"{name}: {value}\r\n" for name, value in target.headers.items())
         self.requests = [f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Content-Type: {content_type}\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body, content_type in target.bodies]
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.errors: Counter = Counter()
 
     async def send(self, index: int) -> int:
-        connection = self._idle.pop() if self._idle else None
+        connection = None
+        while self._idle and connection is None:  # like httpx: a connection idle 5 s is not reused
+            reader, writer, idle_since = self._idle.pop()
+            if time.monotonic() - idle_since < KEEPALIVE_EXPIRY_S:
+                connection = reader, writer
+            else:
+                writer.close()
         try:
             if connection is None:
                 connection = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
@@ -72,7 +79,7 @@ class RawClient:
             writer.write(self.requests[index % len(self.requests)])
             status, keep = await asyncio.wait_for(self._answer(reader), self.timeout_s)
             if keep:
-                self._idle.append(connection)
+                self._idle.append((reader, writer, time.monotonic()))
             else:
                 writer.close()
             if status >= 400:
@@ -94,7 +101,7 @@ class RawClient:
         return status, headers.get("connection", "").lower() != "close"
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 
