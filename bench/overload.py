@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     results["run"] = {"date": started.isoformat(timespec="seconds"), "machine": platform.node(),
                       "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
                       "seconds_per_phase": seconds, "photo_px": args.size,
+                      "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
                       "config": "before: admission off, Ingress 64 + 64" if args.before else "serve_config.demo.yaml"}
     print(table(results))
     if args.json:
