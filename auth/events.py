@@ -21,5 +21,9 @@ class AccessEvents:
         its reservation outlived its deadline and the sweep gave it back (``expired``)."""
 
     def ledger_failed(self, operation: str) -> None:
-        """A ledger call (``check_key``, ``account``, ``open_job``, ``finish_job``, ``fail_job``, ``sweep``)
-        failed on the database."""
+        """A ledger call (``check_key``, ``account``, ``open_job``, ``take_pixel_tokens``, ``finish_job``,
+        ``fail_job``, ``sweep``) failed on the database."""
+
+    def ledger_call(self, operation: str, seconds: float) -> None:
+        """A ledger call took ``seconds`` (succeeded or not); called in the context of the request
+        that made it, so a request's own ledger time can be told from the rest of its work."""

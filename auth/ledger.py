@@ -67,14 +67,18 @@ class RateLimited(Refusal):
 
 
 def _reports_database_failures(method):
-    """A database error in ``method`` is reported (``AccessEvents.ledger_failed``) and raised on."""
+    """A database error in ``method`` is reported (``AccessEvents.ledger_failed``) and raised on;
+    every call's duration is reported too (``AccessEvents.ledger_call``)."""
     @functools.wraps(method)
     def reported(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         except SQLAlchemyError:
             self.events.ledger_failed(method.__name__)
             raise
+        finally:
+            self.events.ledger_call(method.__name__, time.perf_counter() - started)
     return reported
 
 

@@ -140,23 +140,21 @@ class AsyncClient(_Base):
 
     async def account(self) -> Account:
         """The key's balance and rate limit (GET /api/v1/account)."""
-        async def fetch() -> Account:
-            try:
-                response = await self._http.get(protocol.ACCOUNT_PATH, headers=self._credentials)
-            except _TRANSPORT_ERRORS as exc:
-                raise _network_error(exc, "no answer from the service") from exc
-            return protocol.account(response)
-
-        return (await self._retrying(fetch, None, None))[0]
+        return await self._read(protocol.ACCOUNT_PATH, protocol.account, self._credentials)
 
     async def pricing(self) -> Pricing:
         """The price table (GET /api/v1/pricing; the seed's table when the service has none)."""
-        async def fetch() -> Pricing:
+        return await self._read(protocol.PRICING_PATH, protocol.pricing)
+
+    async def _read(self, path: str, parse: Callable[[httpx.Response], Any],
+                    headers: dict[str, str] | None = None) -> Any:
+        """A GET that charges nothing, retried like a job."""
+        async def fetch() -> Any:
             try:
-                response = await self._http.get(protocol.PRICING_PATH)
+                response = await self._http.get(path, headers=headers)
             except _TRANSPORT_ERRORS as exc:
                 raise _network_error(exc, "no answer from the service") from exc
-            return protocol.pricing(response)
+            return parse(response)
 
         return (await self._retrying(fetch, None, None))[0]
 
@@ -236,22 +234,18 @@ class Client(_Base):
         return self._retrying(fetch, retry, on_retry)[0]
 
     def account(self) -> Account:
-        def fetch() -> Account:
-            try:
-                response = self._http.get(protocol.ACCOUNT_PATH, headers=self._credentials)
-            except _TRANSPORT_ERRORS as exc:
-                raise _network_error(exc, "no answer from the service") from exc
-            return protocol.account(response)
-
-        return self._retrying(fetch, None, None)[0]
+        return self._read(protocol.ACCOUNT_PATH, protocol.account, self._credentials)
 
     def pricing(self) -> Pricing:
-        def fetch() -> Pricing:
+        return self._read(protocol.PRICING_PATH, protocol.pricing)
+
+    def _read(self, path: str, parse: Callable[[httpx.Response], Any], headers: dict[str, str] | None = None) -> Any:
+        def fetch() -> Any:
             try:
-                response = self._http.get(protocol.PRICING_PATH)
+                response = self._http.get(path, headers=headers)
             except _TRANSPORT_ERRORS as exc:
                 raise _network_error(exc, "no answer from the service") from exc
-            return protocol.pricing(response)
+            return parse(response)
 
         return self._retrying(fetch, None, None)[0]
 

@@ -15,12 +15,14 @@ from starlette.applications import Starlette
 
 from auth import Access, OpenAccess, PolicyAccess
 from service.app import build_http_app
+from service.memory import release_shared_mappings
 from service.settings import AppSettings
 from service.telemetry import Telemetry
 from storage import make_store
 
 from .graph import Graph
 from .metrics import RayRecorder
+from .stage import RAY_OBJECT_STORE_FILE_PREFIX
 
 log = logging.getLogger("ray.serve")
 
@@ -30,6 +32,7 @@ log = logging.getLogger("ray.serve")
 class Ingress:
     def __init__(self, settings: dict[str, Any], stages: dict[str, DeploymentHandle]):
         self.settings = AppSettings.model_validate(settings)
+        release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)  # after large jobs (service.memory)
         self.store = make_store(self.settings.storage)
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
         self.graph = Graph(stages, timeout_s=self.settings.limits.request_timeout_s)

@@ -23,7 +23,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
-from service.memory import trim_after
+from service.memory import release_shared_mappings, trim_after
 from service.settings import batch_settings
 from service.stages import stage
 from service.telemetry import Telemetry
@@ -33,6 +33,11 @@ from .metrics import RayRecorder
 from .timing import Timed, unpack
 
 log = logging.getLogger("ray.serve")
+
+# Ray's shared-memory object store is one file (/dev/shm/plasmaXXXXXX, or in the plasma directory)
+# mapped into every worker; photos cross replicas there. After a large job a replica lets go of the
+# store's pages it touched (service.memory), or they stay in its RSS until it exits.
+RAY_OBJECT_STORE_FILE_PREFIX = "plasma"
 
 
 def _size_opencv_pool() -> None:
@@ -48,6 +53,7 @@ class Stage:
         self.spec = stage(name)
         section = self.spec.settings.model_validate(settings)
         _size_opencv_pool()
+        release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)
         # One batch queue per replica instance (a decorated method would share one queue per class).
         self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
         self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(

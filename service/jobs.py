@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -80,10 +81,13 @@ class StageRunner(Protocol):
 
 @asynccontextmanager
 async def _shed_when_full(budget: PixelBudget, pixels: int) -> AsyncIterator[None]:
+    started = time.perf_counter()
     try:
         async with budget.hold(pixels):
+            current_request().add_phase("pixel_budget", time.perf_counter() - started)
             yield
     except NoRoom as exc:
+        current_request().add_phase("pixel_budget", time.perf_counter() - started)
         raise Overloaded(str(exc)) from None
 
 
@@ -129,14 +133,20 @@ class Jobs:
         pixels = width * height
         current_request().image_size = (width, height)  # the job's log line
         await self.runner.require(plan)
+        record = current_request()
         async with _shed_when_full(self.budget, pixels):
-            image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
-            rgb = await self.runner.run(plan, image.rgb)
-            encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
+            with record.phase("decode"):
+                image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+            with record.phase("stages"):
+                rgb = await self.runner.run(plan, image.rgb)
+            with record.phase("encode"):
+                encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
             del image, rgb  # before the store write: a large photo's arrays leave the budget with it
-        await _trim_after(pixels)
         filename = new_object_name("jpg" if fmt == "JPEG" else "png")
-        await self.put("results", filename, encoded)
+        with record.phase("store"):
+            await self.put("results", filename, encoded)
+        del encoded  # the encoded file (tens of MB for a big photo) is freed before the trim
+        await _trim_after(pixels)
         return filename
 
     async def put(self, kind: str, name: str, data: bytes) -> None:

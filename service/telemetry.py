@@ -41,7 +41,11 @@ OUTCOMES = ("ok", "replayed", "invalid_request", "not_found", "refused", "shed",
 SHED_REASONS = ("overload", "not_ready", "rate_limited", "auth_throttled")  # 429/503 answers that say "retry later"
 STORAGE_OPERATIONS = ("write", "read", "link")                 # link: presigning a result's URL
 URL_FETCH_KINDS = ("refused", "too_large", "unreachable")      # the fetch's 400, 413, 502
-LEDGER_OPERATIONS = ("check_key", "account", "open_job", "finish_job", "fail_job", "sweep")
+LEDGER_OPERATIONS = ("check_key", "account", "open_job", "take_pixel_tokens", "finish_job", "fail_job", "sweep")
+# Where a job's time goes in the ingress, in the order it passes them (the job log's "phases" and
+# colorize_job_phase_seconds): the ledger's calls, waiting for the pixel budget, decoding, the stages'
+# round trip (queues, hops and runs; "stages" in the log has each stage's own share), encoding, the store write.
+PHASES = ("ledger", "pixel_budget", "decode", "stages", "encode", "store")
 STAGE_NAMES = tuple(spec.name for spec in STAGES)
 NO_MODEL = "none"  # a request refused before its form was read has no model yet
 ADD_ON_SETS = ("none", *("+".join(combo) for size in range(1, len(ADD_ONS) + 1)
@@ -107,9 +111,13 @@ URL_FETCH_ERRORS = Metric("colorize_url_fetch_errors_total", COUNTER, "Images se
                           "by kind (refused: bad, forbidden or 4xx; too_large; unreachable: network, timeout, 5xx)",
                           ("kind",), {"kind": URL_FETCH_KINDS})
 
-METRICS: tuple[Metric, ...] = (JOBS, JOB_SECONDS, SHED, STAGE_SECONDS, STAGE_QUEUE_SECONDS, STAGE_BATCH_SIZE,
-                               MODEL_LOAD_SECONDS, MODEL_LOADED, CREDITS_RESERVED, CREDITS_CHARGED, CREDITS_RELEASED,
-                               LEDGER_ERRORS, STORAGE_ERRORS, URL_FETCH_ERRORS)
+JOB_PHASE_SECONDS = Metric("colorize_job_phase_seconds", HISTOGRAM, "Time a job spent in each phase of its work "
+                           "in the ingress (ledger calls, pixel-budget wait, decoding, the stages' round trip, "
+                           "encoding, storing), summed per job", ("phase",), {"phase": PHASES}, SECONDS)
+
+METRICS: tuple[Metric, ...] = (JOBS, JOB_SECONDS, JOB_PHASE_SECONDS, SHED, STAGE_SECONDS, STAGE_QUEUE_SECONDS,
+                               STAGE_BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_LOADED, CREDITS_RESERVED, CREDITS_CHARGED,
+                               CREDITS_RELEASED, LEDGER_ERRORS, STORAGE_ERRORS, URL_FETCH_ERRORS)
 EXPORTED_SERIES: frozenset[str] = frozenset(name for metric in METRICS for name in metric.series)
 
 
@@ -161,6 +169,7 @@ class RequestRecord:
     replayed: bool = False                      # an Idempotency-Key replay: nothing ran, nothing charged
     image_size: tuple[int, int] | None = None   # (width, height) as decoded
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> queued_s, run_s, batch_size
+    phases: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds, summed (the ledger: every call)
     status: int | None = None
     outcome: str = "ok"
     reason: str | None = None                   # why it was shed (SHED_REASONS)
@@ -172,6 +181,18 @@ class RequestRecord:
 
     def admitted(self, principal: str, *, replayed: bool = False) -> None:
         self.principal, self.replayed = principal, replayed
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as part of ``name`` (one of PHASES), also when it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_phase(name, time.perf_counter() - started)
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     @property
     def charged(self) -> int:
@@ -222,6 +243,8 @@ class Telemetry(AccessEvents):
                 "outcome": record.outcome}
         self._record(JOBS, 1, **tags)
         self._record(JOB_SECONDS, seconds, **tags)
+        for phase, phase_seconds in record.phases.items():
+            self._record(JOB_PHASE_SECONDS, phase_seconds, phase=phase)
         line = json_line(record, seconds) if self.log_format == "json" else text_line(record, seconds)
         job_logger().info(line)
 
@@ -249,6 +272,11 @@ class Telemetry(AccessEvents):
 
     def ledger_failed(self, operation: str) -> None:
         self._record(LEDGER_ERRORS, 1, operation=operation)
+
+    def ledger_call(self, operation: str, seconds: float) -> None:
+        # The ledger runs in a worker thread started with the request's context: this is its record.
+        # (A background call, e.g. the sweep, counts for the request that happened to start it.)
+        current_request().add_phase("ledger", seconds)
 
     def _record(self, metric: Metric, value: float, **tags: str) -> None:
         self.recorder.record(metric, value, tags)
@@ -278,6 +306,7 @@ def json_line(record: RequestRecord, seconds: float) -> str:
         **_who(record.principal), "price": record.price, "charged": record.charged, "seconds": round(seconds, 4),
         "stages": {name: {key: round(value, 4) if isinstance(value, float) else value for key, value in timing.items()}
                    for name, timing in record.stages.items()},
+        "phases": {name: round(value, 4) for name, value in _in_order(record.phases)},
     }
     return json.dumps(entry, separators=(",", ":"))
 
@@ -293,7 +322,13 @@ def text_line(record: RequestRecord, seconds: float) -> str:
     parts += [f"price={record.price}", f"charged={record.charged}", f"{seconds:.3f}s"]
     stages = [f"{name} {timing.get('run_s', 0.0):.3f}s (queued {timing.get('queued_s', 0.0):.3f}s, "
               f"batch {timing.get('batch_size', '?')})" for name, timing in record.stages.items()]
-    return " ".join(parts) + (" | " + ", ".join(stages) if stages else "")
+    phases = [f"{name} {value:.3f}s" for name, value in _in_order(record.phases)]
+    return " ".join(parts) + (" | " + ", ".join(stages) if stages else "") + \
+        (" | in the ingress: " + ", ".join(phases) if phases else "")
+
+
+def _in_order(phases: Mapping[str, float]) -> list[tuple[str, float]]:
+    return [(name, phases[name]) for name in PHASES if name in phases]
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -22,14 +22,22 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _is_ray_dashboard(port: int) -> bool:
-    """Ray's dashboard answers its version API (found by asking, not by its default port 8265,
-    which another Ray on the machine may hold)."""
+    """The dashboard process's HTTP listener answers its version API, behind Ray's token auth
+    (found by asking, not by the default port 8265, which another Ray on the machine may hold)."""
     try:
         answer = httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=2)
-        return answer.status_code == 200 and "ray_version" in answer.json()
-    except (httpx.HTTPError, ValueError):
+    except httpx.HTTPError:
         return False
+    return (answer.status_code == 200 and "ray_version" in answer.text) or \
+        (answer.status_code == 401 and "authentication token" in answer.text)
 
 
 def _status_line(url: str, request: bytes, timeout_s: float) -> bytes:
@@ -88,7 +96,10 @@ def test_make_demo_exposes_the_api_where_host_says_and_the_dashboard_only_on_loo
         sockets = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in tree]
         listening = {(c.laddr.ip, c.laddr.port) for c in sockets}
         assert ("0.0.0.0", port) in listening  # the API, where HOST says
-        dashboard = {(ip, p) for ip, p in listening if _is_ray_dashboard(p)}
+        heads = {p.pid for p in psutil.Process(process.pid).children(recursive=True)
+                 if any(part.endswith("dashboard/dashboard.py") for part in _cmdline(p))}
+        dashboard = {(c.laddr.ip, c.laddr.port) for c in sockets
+                     if c.pid in heads and _is_ray_dashboard(c.laddr.port)}
         assert dashboard and {ip for ip, _ in dashboard} <= {"127.0.0.1", "::1"}, sorted(listening)
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -133,6 +133,12 @@ def test_jobs_are_counted_and_logged_as_sent_and_as_the_ledger_saw_them(start, s
     assert ok["image"] == {"width": 48, "height": 32}
     assert set(ok["stages"]) == {"tiny"} and ok["stages"]["tiny"]["run_s"] > 0
     assert 0 < ok["stages"]["tiny"]["run_s"] <= ok["seconds"]
+    # Where the job's time went in the ingress, in order; the stages' round trip holds their own runs.
+    assert list(ok["phases"]) == ["ledger", "pixel_budget", "decode", "stages", "encode", "store"]
+    assert ok["stages"]["tiny"]["run_s"] <= ok["phases"]["stages"] and sum(ok["phases"].values()) <= ok["seconds"]
+    assert ok["phases"]["ledger"] > 0  # check_key, open_job and finish_job, each timed
+    assert len(recorder.get(t.JOB_PHASE_SECONDS, phase="stages")) == \
+        sum(1 for entry in entries.values() if "stages" in entry["phases"])
     assert entries["replay"]["outcome"] == "replayed" and entries["replay"]["charged"] == 0
     assert entries["crash"]["add_ons"] == ["clean_scratches"] and entries["crash"]["charged"] == 0
     assert entries["busy"]["reason"] == "overload" and entries["limited-2"]["reason"] == "rate_limited"
@@ -156,7 +162,9 @@ def test_text_job_lines_for_a_terminal(start, job_lines):
     (line,) = job_lines
     assert re.fullmatch(rf"job plain-1 {KEY_ROUTE} 200 ok model=tiny add_ons=none image=48x32 "
                         rf"key_id={parse_key(key).key_id} price=1 charged=1 \d+\.\d{{3}}s "
-                        r"\| tiny \d+\.\d{3}s \(queued \d+\.\d{3}s, batch 1\)", line), line
+                        r"\| tiny \d+\.\d{3}s \(queued \d+\.\d{3}s, batch 1\) "
+                        r"\| in the ingress: pixel_budget \d+\.\d{3}s, decode \d+\.\d{3}s, stages \d+\.\d{3}s, "
+                        r"encode \d+\.\d{3}s, store \d+\.\d{3}s", line), line
 
 
 def test_ledger_failures_are_counted_by_operation(start, tmp_path):
