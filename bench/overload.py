@@ -437,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="with --api: an API key with enough credits")
     parser.add_argument("--workdir", type=Path, default=Path(".run/bench-overload"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--admission", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override admission settings of the demo config, e.g. latency_tolerance=1.2")
     parser.add_argument("--before", action="store_true",
                         help="the demo config as shipped before adaptive admission (admission off, Ingress 64 + 64)")
     args = parser.parse_args(argv)
@@ -457,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
         build(args.workdir / "models")
         demo = DemoService(args.workdir / "service", args.workdir / "models", free_port())
+        if args.admission:
+            config = yaml.safe_load(demo.config.read_text())
+            overrides = dict(item.split("=", 1) for item in args.admission)
+            config["applications"][0]["args"]["admission"] = {k: yaml.safe_load(v) for k, v in overrides.items()}
+            demo.config.write_text(yaml.safe_dump(config, sort_keys=False))
         if args.before:
             config = yaml.safe_load(demo.config.read_text())
             config["applications"][0]["args"]["admission"] = {"enabled": False}
@@ -478,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                       "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
                       "seconds_per_phase": seconds, "photo_px": args.size,
                       "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
-                      "config": "before: admission off, Ingress 64 + 64" if args.before else "serve_config.demo.yaml"}
+                      "config": "before: admission off, Ingress 64 + 64" if args.before else "serve_config.demo.yaml",
+                      "admission_overrides": args.admission}
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
