@@ -1,5 +1,6 @@
 """Hooks into Serve's own HTTP proxy, which sees every request before the Ingress does: liveness
-(``/livez``), the proxy's own refusals in the contracts' error shape, bounded request ids.
+(``/livez``), admission of jobs in front of the Ingress, the proxy's own refusals in the contracts'
+error shape, bounded request ids, and bounds on slow and idle connections.
 
 ``launch`` points ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` at ``http_middlewares``; Serve wraps
 its proxy app in these, outside its request-id middleware, so they run first.
