@@ -321,6 +321,7 @@ async def idle_connections(base_url: str, count: int, hold_s: float) -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < count + 1024:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    count = min(count, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024)  # room for the probes' own
     sockets = []
     partials = (b"", b"GET /hea", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     try:
