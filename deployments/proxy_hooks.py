@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import uuid
 
 from starlette.middleware import Middleware
@@ -182,7 +183,9 @@ def bound_slow_clients(header_timeout_s: float, max_connections: int) -> bool:
 
     def arm(self) -> None:
         disarm(self)
-        self._header_timer = self.loop.call_later(header_timeout_s, expire, self)
+        # Spread over the last quarter of the bound: thousands of sockets opened together must not
+        # all be closed in the same turn of the proxy's event loop.
+        self._header_timer = self.loop.call_later(header_timeout_s * (0.75 + 0.25 * random.random()), expire, self)
 
     def connection_made(self, transport) -> None:
         made(self, transport)
