@@ -4,6 +4,7 @@
 #              PROFILE=cpu: serve_config.cpu.yaml, real colors on a laptop; PROFILE=gpu: serve_config.yaml anyway)
 # make screenshot - retake docs/workbench.png in headless Chromium
 # make bench - graph vs bare model vs a FastAPI peer, overload, memory, profile (~8 min, loopback only)
+# make overload - the shipped demo config under 1x/2x/4x offered load, probes, idle sockets, ledger (~4 min)
 PYTHON ?= python3
 VENV   ?= .venv
 HOST   ?= 127.0.0.1
@@ -12,7 +13,7 @@ PROFILE ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo serve test test-browser-deps screenshot check-config bench clean
+.PHONY: install demo serve test test-browser-deps screenshot check-config bench overload clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +67,10 @@ bench: install
 	$(BIN)/python -c 'import fastapi' 2>/dev/null && test -x $(BIN)/py-spy || \
 		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python -m bench.run
+
+# OVERLOAD_ARGS="--seconds 60 --soak 480 --idle 20000" for the issue's full lengths (~16 min)
+overload: install
+	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
 clean:
 	rm -rf .run .models/demo data/storage

@@ -83,6 +83,10 @@ def request_fingerprint(route: str, fields: Iterable[tuple[str, bytes | str]]) -
 
 
 class Access(ABC):
+    def check(self) -> None:
+        """Raise when what admitting needs (the ledger) cannot be reached; blocking, called from a
+        worker thread by readiness checks. Nothing to check by default."""
+
     async def identify(self, route: str, headers: Mapping[str, str], client: str | None = None) -> None:
         """Check the caller's credentials from the headers alone, before a request body is read:
         raise AccessDenied (401, 429, 503) to refuse. ``admit`` still decides for real."""

@@ -103,6 +103,11 @@ class Ledger:
         self.default_rate_per_s, self.default_burst = default_rate_per_s, default_burst
         self.reservation_ttl_s, self.idempotency_ttl_s = reservation_ttl_s, idempotency_ttl_s
 
+    def ping(self) -> None:
+        """Raise when the database does not answer a trivial query (readiness)."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     @_reports_database_failures
     def check_key(self, presented_key: str | None) -> str:
         """Read-only: the key's id when it may send a job now (known, not revoked, a token in its

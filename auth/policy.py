@@ -55,6 +55,10 @@ class PolicyAccess(Access):
         self._next_sweep = 0.0
         self._background: set[asyncio.Future] = set()  # settlements that outlive a cancelled request
 
+    def check(self) -> None:
+        if self.ledger is not None:
+            self.ledger.ping()
+
     def _credential(self, route: str, headers: Mapping[str, str]) -> str:
         """Which credential ``route`` takes from this request: "none", "api_key" or "app_check"."""
         required = self.policy.get(route)

@@ -56,13 +56,24 @@ def secret_env() -> list[dict[str, Any]]:
             for name, required in SECRET_ENV.items()]
 
 
-def container(name: str, image: str, *, cpu: str, memory: str, ports: dict[str, int], gpus: int = 0) -> dict[str, Any]:
+def proxy_env(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What `deployments.launch` gives Serve's proxy on one box: its hooks (liveness, the contracts'
+    error shape, slow-client bounds) and admission with the first app's `admission` settings."""
+    from deployments.proxy_hooks import ADMISSION_ENV, CALLBACK, CALLBACK_ENV
+
+    apps = config.get("applications") or [{}]
+    admission = json.dumps((apps[0].get("args") or {}).get("admission") or {}, sort_keys=True)
+    return [{"name": CALLBACK_ENV, "value": CALLBACK}, {"name": ADMISSION_ENV, "value": admission}]
+
+
+def container(name: str, image: str, *, cpu: str, memory: str, ports: dict[str, int], gpus: int = 0,
+              env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     resources: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         resources["nvidia.com/gpu"] = gpus
     return {
         "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
-        "env": secret_env(),
+        "env": secret_env() + (env or []),
         "resources": {"limits": resources, "requests": dict(resources)},
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports.items()],
         "volumeMounts": [{"name": "data", "mountPath": f"{APP_DIR}/data"},  # model cache, local results
@@ -78,9 +89,10 @@ def pod_volumes() -> list[dict[str, Any]]:
 def rayservice(config: dict[str, Any], *, image: str, name: str = "colorize") -> dict[str, Any]:
     serve_config = cluster_serve_config(config)
     serve_port = int(serve_config["http_options"].get("port", 8000))
-    head = container("ray-head", image, cpu="4", memory="16Gi",
+    head = container("ray-head", image, cpu="4", memory="16Gi", env=proxy_env(config),
                      ports={"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": serve_port})
-    worker = container("ray-worker", image, cpu="8", memory="32Gi", ports={"serve": serve_port}, gpus=1)
+    worker = container("ray-worker", image, cpu="8", memory="32Gi", ports={"serve": serve_port}, gpus=1,
+                       env=proxy_env(config))
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .app import DEPLOYMENT_NAMES
-from .proxy_hooks import CALLBACK, CALLBACK_ENV
+from .proxy_hooks import ADMISSION_ENV, CALLBACK, CALLBACK_ENV
 from service.settings import PUBLIC_BASE_URL_ENV, ConfigError, batch_settings, load_settings
 
 # On CPU-only boxes every thread hop and object-store round trip competes with the models for few
@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{effective['http_options'].get('port')})", flush=True)
     os.environ.setdefault("COLORIZE_BASE_DIR", str(Path.cwd()))
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # Serve's proxy bounds clients' X-Request-Id
+    # The proxy admits jobs as the Ingress does (deployments/proxy_hooks.py), with the first app's settings.
+    admission = load_settings(effective["applications"][0].get("args"), base_dir=Path.cwd()).admission
+    os.environ.setdefault(ADMISSION_ENV, admission.model_dump_json())
     if gpus == 0 and not os.environ.get("RAY_ADDRESS"):  # only a cluster that serve run starts here
         print("note: CPU only; Ray runs with " + " ".join(f"{k}={v}" for k, v in CPU_RAY_ENV.items()))
         for name, value in CPU_RAY_ENV.items():

@@ -17,7 +17,7 @@ from pipeline.errors import ImageTooLargeError, InvalidImageError
 from pipeline.inputs.remote_image import RemoteImageError
 from storage import StorageError
 
-from .jobs import Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
+from .jobs import NotReady, Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
 
 log = logging.getLogger("ray.serve")
 
@@ -52,6 +52,7 @@ ERROR_TABLE: dict[type[BaseException], Outcome] = {
     ImageTooLargeError: Outcome(413, 413),
     StageUnavailable: Outcome(503, 503),
     Overloaded: Outcome(429, 503, "server is busy; retry shortly", RETRY_AFTER_S),
+    NotReady: Outcome(503, 503, "the service is not ready; retry shortly", RETRY_AFTER_S),
     StageFailed: Outcome(502, 500, "processing failed on our side (request id {request_id}); retry later"),
     StoreWriteFailed: Outcome(502, 500, "could not store the image; retry later"),
     StoreReadFailed: Outcome(503, 503, "storage is unavailable; retry later", RETRY_AFTER_S),
@@ -73,6 +74,32 @@ def error_response(exc: BaseException, contract: str, request_id: str) -> JSONRe
         return _json(500, f"internal error (request id {request_id})")
     headers = {"Retry-After": str(outcome.retry_after_s)} if outcome.retry_after_s else None
     return _json(outcome.status(contract), outcome.detail.format(exc, request_id=request_id), headers)
+
+
+def contract_of(path: str) -> str:
+    """Which contract a path belongs to, for answers given before any route is matched (the proxy's)."""
+    return KEY_API if "/api/v1/" in path else APP_CHECK_API  # under any route prefix
+
+
+# What the HTTP front (Serve's proxy) answers on its own, in plain text, mapped to this table's
+# rows: its backpressure (a full Ingress queue: 503, or 429) is "busy", its request timeout a job that
+# failed on our side; anything else keeps its status with a short text.
+FRONT_FAILURES: dict[int, type[Exception]] = {503: Overloaded, 429: Overloaded, 408: StageFailed}
+FRONT_TEXTS = {400: "malformed request", 404: "not found", 413: "request too large", 500: "internal error"}
+
+
+def front_error_response(status: int, path: str, request_id: str, retry_after: str | None = None) -> JSONResponse:
+    """A plain-text error of the HTTP front, answered in ``path``'s contract's shape (``{"detail"}``);
+    a ``Retry-After`` the front sent wins over the table's."""
+    failure = FRONT_FAILURES.get(status)
+    if failure is None:
+        response = _json(status, FRONT_TEXTS.get(status, "request failed"))
+    else:
+        response = error_response(failure("timed out" if status == 408 else "the front's queue is full"),
+                                  contract_of(path), request_id)
+    if retry_after and "retry-after" in response.headers:
+        response.headers["Retry-After"] = retry_after
+    return response
 
 
 def _json(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

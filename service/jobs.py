@@ -38,6 +38,10 @@ class Overloaded(Exception):
     """The stages' queues or the replica's pixel budget are full: shed now, the client retries after a while."""
 
 
+class NotReady(Exception):
+    """Storage or the ledger cannot be reached (``service.readiness``): refuse new jobs before any model work."""
+
+
 class StageFailed(Exception):
     """A stage raised or timed out: the job failed on our side."""
 

@@ -35,6 +35,7 @@ DOCS_ASSETS = ("docs.js", "swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x
 CREDITS_ON_SUCCESS = True
 
 KEY_API, APP_CHECK_API, ACCOUNT, DOCS = "Key API (seed 000)", "App Check API (seed 003)", "Account", "Pages"
+OPERATIONS = "Operations"
 
 DESCRIPTION = f"""\
 Colorizes black-and-white photos. One service speaks two contracts:
@@ -45,9 +46,9 @@ Colorizes black-and-white photos. One service speaks two contracts:
   public `/results/{{filename}}`, `/uploads/{{filename}}`), authenticated with Firebase App Check
   (`X-Firebase-AppCheck`).
 
-**Errors** are always JSON `{{"detail": "..."}}`, except a request shed by the HTTP proxy when the
-service's queue is full: `503` with a plain-text body and `Retry-After`. An unexpected failure is
-`500 {{"detail": "internal error (request id ...)"}}`.
+**Errors** are always JSON `{{"detail": "..."}}`, also when the HTTP proxy sheds a request
+because the service's queue is full (`429` on the key API, `503` on the App Check API, with
+`Retry-After`). An unexpected failure is `500 {{"detail": "internal error (request id ...)"}}`.
 
 An unknown route answers `404` and a known route asked with another method `405` with an `Allow`
 header, both `{{"detail": ...}}`.
@@ -80,7 +81,7 @@ def _json(schema: dict[str, Any], media_type: str = "application/json") -> dict[
 
 
 ERROR = _json(_ref("Error"))
-SHED_BY_PROXY = {"text/plain": {"schema": {"type": "string"}}}  # Serve's proxy, before the app
+SHED_BY_PROXY: dict[str, Any] = {}  # Serve's proxy, before the app: re-sent as {"detail"} by its hook
 _CREDITS_REMAINING = {"description": "The key's balance after this request (charged or released), on key-API "
                                      "answers once the key is identified.", "schema": {"type": "integer", "minimum": 0}}
 _RETRY_AFTER = {"description": "Whole seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
@@ -113,7 +114,7 @@ def _error(description: str, *, retry_after: str | None = None, shed: bool = Fal
 
 def _unavailable(reasons: str = "") -> dict[str, Any]:
     """503: the route's own reasons, and the proxy's load shedding, which any route can meet."""
-    shed = "The service's queue is full (a plain-text body from the HTTP proxy, with `Retry-After`)."
+    shed = "The service's queue is full (shed by the HTTP proxy, with `Retry-After`)."
     return _error(f"{reasons} {shed}".strip(), retry_after="sometimes", shed=True)
 
 
@@ -228,7 +229,7 @@ def _health() -> dict[str, Any]:
         "responses": {
             "200": _response("At least one colorization model is loaded.", _json(_ref("Health"))),
             "503": _response("No colorization model is loaded (`status: unhealthy`, with `detail`); or the service's "
-                             "queue is full (plain-text body from the HTTP proxy, with `Retry-After`).",
+                             "queue is full (shed by the HTTP proxy, with `Retry-After`).",
                              {**_json(_ref("Health")), **SHED_BY_PROXY},
                              {"Retry-After": _ref("Retry-After", "headers")}),
         },
@@ -380,6 +381,18 @@ def _page(operation_id: str, summary: str, description: str, media_type: str = "
                           "503": _unavailable()}}
 
 
+def _readyz() -> dict[str, Any]:
+    ready = _ref("Readiness")
+    return {"tags": [OPERATIONS], "operationId": "readiness", "summary": "Whether this replica takes jobs now",
+            "description": "Answered from a view refreshed in the background (`admission.readiness_ttl_s`), never "
+                           "queued behind jobs. While storage or the ledger does not answer, jobs are refused with "
+                           "503 and `Retry-After` before any model work.",
+            "security": [], "parameters": [_ref("X-Request-Id", "parameters")],
+            "responses": {"200": _response("Ready.", _json(ready)),
+                          "503": _response("Not ready.", _json(ready),
+                                           {"Retry-After": {**_RETRY_AFTER, "required": True}})}}
+
+
 def _openapi_json() -> dict[str, Any]:
     return {"tags": [DOCS], "operationId": "openapiDocument", "summary": "This document",
             "security": [], "parameters": [_ref("X-Request-Id", "parameters")],
@@ -450,6 +463,10 @@ def _components() -> dict[str, Any]:
                                                       "additionalProperties": False,
                                                       "properties": {spec.name: _ref("StageStatus")
                                                                      for spec in STAGES}}}},
+            "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
+                "status": {"enum": ["ready", "not ready"]},
+                "checks": {"type": "object", "additionalProperties": {"type": "boolean"},
+                           "description": "`storage`, `ledger` (reachable) and `models` (a colorizer is loaded)"}}},
             "Health": {
                 "type": "object", "required": ["status", "model_loaded", "models", "stages"],
                 "additionalProperties": False,
@@ -527,7 +544,10 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": KEY_API, "description": "Metered with credits, `X-Api-Key`."},
                  {"name": APP_CHECK_API, "description": "Firebase App Check, `X-Firebase-AppCheck`."},
                  {"name": ACCOUNT, "description": "Balance and prices for key holders."},
-                 {"name": DOCS, "description": "The workbench, this reference and its document."}],
+                 {"name": DOCS, "description": "The workbench, this reference and its document."},
+                 {"name": OPERATIONS, "description": "Probes for load balancers and orchestrators; never queued "
+                                                    "behind jobs. `GET /livez` (the HTTP front is up: "
+                                                    "`{\"status\": \"live\"}`) is answered by the front itself."}],
         "paths": {
             "/api/v1/colorize": {"post": _v1_colorize()},
             "/api/v1/account": {"get": _account()},
@@ -546,6 +566,7 @@ def _document() -> dict[str, Any]:
                                "setting `workbench` is false.")},
             "/workbench.js": {"get": _page("workbenchScript", "The workbench's script", "", "text/javascript")},
             "/workbench.css": {"get": _page("workbenchStyles", "The workbench's styles", "", "text/css")},
+            "/readyz": {"get": _readyz()},
             "/openapi.json": {"get": _openapi_json()},
             "/docs": {"get": _page("docs", "API reference", "This document, rendered (Swagger UI, served by the "
                                    "service itself).")},

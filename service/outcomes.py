@@ -12,7 +12,7 @@ from pipeline.inputs.remote_image import RemoteImageError
 from storage import StorageError
 
 from .errors import ApiError
-from .jobs import Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
+from .jobs import NotReady, Overloaded, StageFailed, StageUnavailable, StoreReadFailed, StoreWriteFailed
 from .telemetry import RequestRecord
 
 
@@ -34,6 +34,7 @@ FAILURES: dict[type[BaseException], Failure] = {
     ImageTooLargeError: Failure("invalid_request"),
     StageUnavailable: Failure("model_not_loaded"),
     Overloaded: Failure("shed", shed_reason="overload"),
+    NotReady: Failure("shed", shed_reason="not_ready"),
     StageFailed: Failure("stage_failed"),
     StoreWriteFailed: Failure("storage_failed", storage_operation="write"),
     StoreReadFailed: Failure("storage_failed", storage_operation="read"),

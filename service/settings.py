@@ -41,6 +41,30 @@ class LimitSettings(Strict):
                                         "429 (key API) or 503 (App Check API) with Retry-After, nothing charged")
 
 
+class AdmissionSettings(Strict):
+    enabled: bool = Field(True, description="adaptive admission of jobs (`POST /api/v1/colorize`, `POST /colorize`) "
+                                            "per Ingress replica (`service/admission.py`); false: every job is let in")
+    min_concurrency: int = Field(8, ge=1, le=4096, description="jobs in flight the limit starts at and never goes "
+                                                              "below; their latency is the baseline")
+    max_concurrency: int = Field(64, ge=1, le=4096, description="the most jobs in flight, however fast they run; keep "
+                                                                "it within the stages' `max_ongoing_requests`")
+    latency_tolerance: float = Field(1.5, gt=1, le=10, description="the limit grows while recent job latency stays "
+                                                                   "within this many times the baseline, and shrinks above it")
+    max_queue_wait_s: float = Field(0.1, ge=0, le=60, description="the longest a job waits for a place: one expected "
+                                                                   "to wait longer is refused at once, 429 (key API) or "
+                                                                   "503 (App Check API) with Retry-After, nothing charged")
+    readiness_ttl_s: float = Field(2.0, gt=0, le=60, description="how often storage and the ledger are checked in the "
+                                                                 "background (`GET /readyz`); while either does not "
+                                                                 "answer, jobs are refused with 503 + Retry-After")
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _above_min(cls, value: int, info) -> int:
+        if value < info.data.get("min_concurrency", 1):
+            raise ValueError("max_concurrency must be at least min_concurrency")
+        return value
+
+
 class UrlFetchSettings(Strict):
     timeout_s: float = Field(10.0, gt=0, le=120, description="whole-fetch time limit for image URLs")
     max_redirects: int = Field(5, ge=0, le=20, description="redirects followed (each one re-checked)")
@@ -96,6 +120,8 @@ class AppSettings(_StageSections):
     auth: AuthSettings | None = Field(None, description="keys, credits, App Check; none: open, nothing charged")
     limits: LimitSettings = Field(LimitSettings(), description="sizes and time limits of a request")
     url_fetch: UrlFetchSettings = Field(UrlFetchSettings(), description="fetching images sent as URLs (key API)")
+    admission: AdmissionSettings = Field(AdmissionSettings(), description="how many jobs each Ingress replica "
+                                         "admits, and readiness (docs/performance-overload.md)")
     cors: CorsSettings = Field(CorsSettings(), description="which other origins' pages may call the API")
     workbench: bool = Field(True, description="serve the web workbench (`workbench/`) at `/`")
 

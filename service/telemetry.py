@@ -38,7 +38,7 @@ LogFormat = Literal["json", "text"]
 
 OUTCOMES = ("ok", "replayed", "invalid_request", "not_found", "refused", "shed", "model_not_loaded", "stage_failed",
             "storage_failed", "url_fetch_failed", "ledger_unavailable", "cancelled", "error")
-SHED_REASONS = ("overload", "rate_limited", "auth_throttled")  # 429/503 answers that say "retry later"
+SHED_REASONS = ("overload", "not_ready", "rate_limited", "auth_throttled")  # 429/503 answers that say "retry later"
 STORAGE_OPERATIONS = ("write", "read", "link")                 # link: presigning a result's URL
 URL_FETCH_KINDS = ("refused", "too_large", "unreachable")      # the fetch's 400, 413, 502
 LEDGER_OPERATIONS = ("check_key", "account", "open_job", "take_pixel_tokens", "finish_job", "fail_job", "sweep")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from deployments.launch import CPU_RAY_ENV
-from deployments.proxy_hooks import CALLBACK, CALLBACK_ENV
+from deployments.proxy_hooks import ADMISSION_ENV, ADMISSION_PREFIX_ENV, CALLBACK, CALLBACK_ENV
 from tools.build_demo import model_args
 from tests.auth_fixtures import PROJECT_ID, postgres_server, signing_keys  # noqa: F401 (fixtures)
 from tests.helpers import free_port
@@ -17,6 +17,8 @@ from tests.helpers import free_port
 # The one origin the services under test may fetch image URLs from (a loopback file server's).
 URL_SERVER_PORT = free_port()
 URL_SERVER = f"http://127.0.0.1:{URL_SERVER_PORT}"
+ADMITTED_APP = "admitted"  # test_overload.py's app with the shipped admission, in the proxy too
+ADMITTED_PREFIX = f"/{ADMITTED_APP}/"
 
 
 def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overrides) -> dict:
@@ -27,6 +29,9 @@ def demo_args(root: Path, models: Path, *, jwks_url: str | None = None, **overri
         **model_args(models),
         "limits": {"max_upload_mb": 2, "max_pixels": 4_000_000, "request_timeout_s": 60},
         "url_fetch": {"timeout_s": 5, "allow_hosts": [URL_SERVER]},
+        # Tests that burst dozens of requests at once check metering and shapes, not admission: their
+        # jobs may wait for a place as long as they like (test_overload.py runs the shipped defaults).
+        "admission": {"max_queue_wait_s": 60},
     }
     args.update(overrides)
     return args
@@ -57,6 +62,10 @@ def serve_cluster():
     for name, value in CPU_RAY_ENV.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy hooks `make demo` uses
+    # Admission in the proxy as `make demo` has it, with the default settings, but only for the app
+    # of test_overload.py that measures it: the other apps' tests burst dozens of jobs at once.
+    os.environ.setdefault(ADMISSION_ENV, "{}")
+    os.environ.setdefault(ADMISSION_PREFIX_ENV, ADMITTED_PREFIX)
     os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")  # test_metrics polls the export (default 10 s)
     ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False,
              log_to_driver=False, configure_logging=False)

@@ -203,3 +203,28 @@ def test_an_unknown_path_is_404_and_a_wrong_method_405_as_json(service):
         wrong = service.client.put(path)
         assert_refused(wrong, 405, "Method Not Allowed")
         assert allowed in wrong.headers["allow"]
+
+
+def test_unreachable_storage_is_not_ready_and_jobs_are_refused_before_any_model_work(start, token):
+    from storage import StorageError
+
+    class UnreachableStore(FailingDiskStore):
+        """Fault stand-in: a store whose health check fails the way an unreachable bucket does."""
+        def check(self):
+            raise StorageError("MinIO bucket b at 10.0.0.7:9000: connection refused")
+
+    service = start(store=UnreachableStore, stages={"tiny": CrashingStage("must not run")})
+    ready = service.client.get("/readyz")
+    assert (ready.status_code, ready.headers["Retry-After"]) == (503, "2")
+    assert ready.json() == {"status": "not ready", "checks": {"storage": False, "ledger": True, "models": True}}
+    assert "10.0.0.7" not in ready.text
+    for route in ("/colorize", "/upload"):
+        assert_refused(send(service, route, token, **({"model": "tiny"} if route == "/colorize" else {})), 503,
+                       "the service is not ready; retry shortly", Retry_After="2")
+    assert service.client.get("/health").status_code == 200  # liveness of the models is another question
+
+
+def test_ready_when_storage_ledger_and_a_colorizer_answer(service):
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"storage": True, "ledger": True, "models": True}}

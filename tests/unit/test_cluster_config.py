@@ -168,9 +168,13 @@ def test_rayservice_runs_our_image_on_gpu_workers_with_secrets_from_a_secret() -
     for pod in (head, worker):
         (container,) = pod["containers"]
         assert container["image"] == kuberay.default_image()
-        assert all("value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == "colorize-secrets"
-                   for e in container["env"])
-        assert {e["name"] for e in container["env"]} == SECRET_NAMES
+        secrets = [e for e in container["env"] if "valueFrom" in e]
+        assert all("value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == "colorize-secrets" for e in secrets)
+        assert {e["name"] for e in secrets} == SECRET_NAMES
+        # Serve's proxy as deployments.launch sets it up: its hooks, and admission with the app's settings.
+        plain = {e["name"]: e["value"] for e in container["env"] if "valueFrom" not in e}
+        assert plain == {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy_hooks:http_middlewares",
+                         "COLORIZE_PROXY_ADMISSION": "{}"}
         assert {"name": "serve", "containerPort": 8000} in container["ports"]
 
 

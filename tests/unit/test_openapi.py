@@ -95,7 +95,7 @@ def test_every_operation_declares_its_errors_and_the_request_id():
                 assert response["headers"]["X-Request-Id"] == {"$ref": "#/components/headers/X-Request-Id"}
                 if status.startswith(("4", "5")):
                     assert response["content"]["application/json"]["schema"]["$ref"].endswith(
-                        ("/Error", "/Health")), (method, path, status)
+                        ("/Error", "/Health", "/Readiness")), (method, path, status)
 
 
 @pytest.fixture(scope="module")

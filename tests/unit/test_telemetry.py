@@ -110,7 +110,7 @@ def test_jobs_are_counted_and_logged_as_sent_and_as_the_ledger_saw_them(start, s
     assert recorder.get(t.JOBS, model="none", outcome="refused") == refused  # 401s come before the form is read
     # Sheds by reason, fetch failures by kind.
     assert {reason: recorder.get(t.SHED, reason=reason) for reason in t.SHED_REASONS} == \
-        {"overload": 1, "rate_limited": 1, "auth_throttled": 1}
+        {"overload": 1, "not_ready": 0, "rate_limited": 1, "auth_throttled": 1}
     assert recorder.get(t.SHED, route=KEY_ROUTE) == 3
     assert recorder.get(t.URL_FETCH_ERRORS, kind="unreachable") == 1 and recorder.get(t.URL_FETCH_ERRORS) == 1
     # Credits, as the ledger recorded them: held = spent + given back, spent = what the balances lost.
