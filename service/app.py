@@ -21,21 +21,21 @@ from starlette.routing import Route
 from auth import Access
 from storage import ObjectStore
 
-from . import api_docs
+from .web import api_docs
 from .admission import AdaptiveAdmission
-from .app_check_api import AppCheckApi
-from .cors import add_cors
+from .contracts.app_check_api import AppCheckApi
+from .web.cors import add_cors
 from .errors import APP_CHECK_API, CREDITS_HEADER, KEY_API, error_response
 from .jobs import Jobs, StageRunner
-from .key_api import KeyApi, credits_remaining
-from .middleware import REQUEST_ID_HEADER, JsonErrors, RequestIdMiddleware
+from .contracts.key_api import KeyApi, credits_remaining
+from .web.middleware import REQUEST_ID_HEADER, JsonErrors, RequestIdMiddleware
 from .outcomes import classify
 from .pixel_budget import PixelBudget
 from .readiness import Readiness
 from .settings import AppSettings
 from .stages import COLORIZERS
 from .telemetry import Telemetry
-from .workbench import workbench_routes
+from .web.workbench import workbench_routes
 
 log = logging.getLogger("ray.serve")
 SWEEP_EVERY_S = 600.0
@@ -102,7 +102,7 @@ def build_http_app(settings: AppSettings, runner: StageRunner, store: ObjectStor
         Route("/uploads/{filename}", on(APP_CHECK_API, app_check_api.upload_file), methods=["GET"]),
         Route("/admin/status", on(APP_CHECK_API, app_check_api.admin_status), methods=["GET"]),
         Route("/readyz", ready, methods=["GET"]),
-        # Every route is described in service/openapi.py (tests/unit/test_openapi.py keeps both lists equal).
+        # Every route is described in service/web/openapi.py (tests/unit/test_openapi.py keeps both lists equal).
         Route("/openapi.json", api_docs.openapi_document, methods=["GET"]),
         Route("/docs", api_docs.docs_page, methods=["GET"]),
         Route("/docs/{asset}", api_docs.docs_asset, methods=["GET"]),

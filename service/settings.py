@@ -16,7 +16,7 @@ from pipeline.inputs.remote_image import normalize_origin
 from pipeline.weights.settings import ModelRuntime, ModelStoreSettings, SourceRef, Strict
 from storage import LocalStoreSettings, StorageSettings
 
-from .cors import CorsSettings
+from .web.cors import CorsSettings
 from .stages import STAGES, StageSpec
 
 

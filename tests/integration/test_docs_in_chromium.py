@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from service.openapi import openapi_document
+from service.web.openapi import openapi_document
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.openapi import DOCS_ASSETS, documented_routes, openapi_document
+from service.web.openapi import DOCS_ASSETS, documented_routes, openapi_document
 from tests.helpers import encode, photo
 from tests.integration.conftest import create_key
 from tests.unit.test_openapi import NOT_YET_SERVED

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from auth import AuthSettings, OpenAccess, PolicyAccess
 from auth.accounts import Accounts
 from service.app import build_http_app
-from service.cors import CorsSettings
+from service.web.cors import CorsSettings
 from service.jobs import StageFailed, StageUnavailable
 from service.settings import ConfigError, load_settings
 from storage import make_store

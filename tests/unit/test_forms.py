@@ -1,4 +1,4 @@
-"""service.forms: multipart parsing within limits (Starlette only, no Ray)."""
+"""service.contracts.forms: multipart parsing within limits (Starlette only, no Ray)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from service.forms import ApiError, read_form
+from service.contracts.forms import ApiError, read_form
 
 
 def request_for(files=None, data=None, *, chunk: int = 65536, headers: dict | None = None,

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from auth import OpenAccess
 from service.app import build_http_app
-from service.openapi import DOCS_ASSETS, MAX_SEED, MODELS, PRICES, documented_routes, openapi_document
+from service.web.openapi import DOCS_ASSETS, MAX_SEED, MODELS, PRICES, documented_routes, openapi_document
 from service.settings import AppSettings
 from service.stages import ADD_ONS, COLORIZERS, STAGES
 from storage import LocalStore
@@ -50,12 +50,12 @@ def test_the_document_is_valid_openapi_3_1():
 
 def test_every_served_route_is_documented_and_back(app):
     served, documented = served_routes(app), documented_routes()
-    assert served - documented == set(), "served but not in service/openapi.py"
+    assert served - documented == set(), "served but not in service/web/openapi.py"
     assert documented - served == NOT_YET_SERVED, "documented but not served (or served and still listed pending)"
 
 
 def test_form_fields_are_the_ones_the_routes_accept():
-    from service import app_check_api, key_api
+    from service.contracts import app_check_api, key_api
 
     assert form_fields("/api/v1/colorize") == set(key_api.COLORIZE_FIELDS)
     assert form_fields("/colorize") == set(app_check_api.COLORIZE_FIELDS)
@@ -64,8 +64,8 @@ def test_form_fields_are_the_ones_the_routes_accept():
 
 def test_models_prices_and_seed_range_match_the_code():
     from service.errors import ApiError
-    from service.forms import Form, FormPart
-    from service.key_api import guidance
+    from service.contracts.forms import Form, FormPart
+    from service.contracts.key_api import guidance
 
     document = openapi_document()
     assert MODELS == COLORIZERS
@@ -81,7 +81,7 @@ def test_models_prices_and_seed_range_match_the_code():
 
 
 def test_the_request_id_rule_is_the_apps():
-    from service.middleware import _REQUEST_ID
+    from service.web.middleware import _REQUEST_ID
 
     parameter = openapi_document()["components"]["parameters"]["X-Request-Id"]
     assert parameter["schema"]["pattern"] == f"^{_REQUEST_ID.pattern}$"

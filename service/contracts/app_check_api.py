@@ -13,13 +13,13 @@ from starlette.responses import JSONResponse, Response
 from auth import Access, JobRequest
 from storage import new_object_name
 
-from .errors import ApiError
+from ..errors import ApiError
 from .forms import Form, client_address, read_form
-from .jobs import JobPlan, Jobs
+from ..jobs import JobPlan, Jobs
 from .key_api import GUIDANCE_FIELDS, guidance
-from .settings import AppSettings
-from .stages import COLORIZERS, STAGES
-from .telemetry import current_request
+from ..settings import AppSettings
+from ..stages import COLORIZERS, STAGES
+from ..telemetry import current_request
 
 HEALTH_PROBE_WAIT_S = 2.0  # /health waits this long for fresh stage statuses, then answers the cached ones
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # stored files are served only as the image type they are

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 log = logging.getLogger("ray.serve")
 
-WORKBENCH_DIR = Path(__file__).resolve().parents[1] / "workbench"
+WORKBENCH_DIR = Path(__file__).resolve().parents[2] / "workbench"
 FILES = {"/": ("index.html", "text/html; charset=utf-8"),
          "/workbench.js": ("workbench.js", "text/javascript; charset=utf-8"),
          "/workbench.css": ("workbench.css", "text/css; charset=utf-8")}

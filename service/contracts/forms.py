@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from pipeline.inputs.prompts import InvalidPromptError, validate_prompt
 
-from .errors import ApiError
+from ..errors import ApiError
 
 
 def client_address(request: Request) -> str | None:

@@ -14,12 +14,12 @@ from auth import Access, JobRequest, request_fingerprint
 from pipeline.inputs.image_text import parse_image_text
 from pipeline.inputs.remote_image import fetch_image_bytes
 
-from .errors import ApiError
+from ..errors import ApiError
 from .forms import Form, client_address, read_form
-from .jobs import JobPlan, Jobs
-from .settings import AppSettings
-from .stages import ADD_ONS, COLORIZERS, STAGES
-from .telemetry import current_request
+from ..jobs import JobPlan, Jobs
+from ..settings import AppSettings
+from ..stages import ADD_ONS, COLORIZERS, STAGES
+from ..telemetry import current_request
 
 GUIDANCE_FIELDS = ("prompt", "seed")  # optional on both colorize routes; only text-guided models use them
 COLORIZE_ROUTE = "POST /api/v1/colorize"

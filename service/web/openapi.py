@@ -5,7 +5,7 @@ app serves is in it and nothing else is (``tests/unit/test_openapi.py``), and sc
 checks the running service's answers against it (``tests/integration/test_openapi_live.py``).
 Numbers that the code owns (prices, the prompt limit, stored formats) are read from the code.
 
-``python -m service.openapi`` prints it.
+``python -m service.web.openapi`` prints it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.inputs.prompts import MAX_PROMPT_CHARS
 from storage import CONTENT_TYPES
 
-from .stages import ADD_ONS, COLORIZERS, STAGES
+from ..stages import ADD_ONS, COLORIZERS, STAGES
 
 MODELS = COLORIZERS
 PRICES = {spec.add_on or spec.name: spec.price for spec in STAGES}  # colorizers by name, add-ons by field
