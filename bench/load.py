@@ -19,6 +19,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -200,7 +201,6 @@ async def open_loop(target: Target, rate_per_s: float, seconds: float, *, max_ou
     rng = random.Random(seed)
     errors: Counter = Counter()
     samples: list[Sample] = []
-    tasks: set[asyncio.Task] = set()
     async with _client(target, max_outstanding) as client:
 
         async def one(index: int, scheduled: float) -> None:
@@ -209,26 +209,38 @@ async def open_loop(target: Target, rate_per_s: float, seconds: float, *, max_ou
             samples.append(Sample(scheduled - started, time.perf_counter() - sent, status, sent - scheduled))
 
         started, cpu_started = time.perf_counter(), time.process_time()
-        scheduled, index = started, 0
-        while True:
-            scheduled += rng.expovariate(rate_per_s)
-            if scheduled - started >= seconds:
-                break
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(tasks) >= max_outstanding:
-                samples.append(Sample(scheduled - started, 0.0, NOT_SENT))
-            else:
-                task = asyncio.create_task(one(index, scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            index += 1
-        if tasks:
-            await asyncio.wait(set(tasks), timeout=target.timeout_s + 5)
+        sent = await poisson_arrivals(one, rng, rate_per_s, seconds, started, samples,
+                                      max_outstanding=max_outstanding, timeout_s=target.timeout_s)
         wall = time.perf_counter() - started
-    return RunResult(samples, wall, time.process_time() - cpu_started, offered_rps=index / seconds, errors=errors,
+    return RunResult(samples, wall, time.process_time() - cpu_started, offered_rps=sent / seconds, errors=errors,
                      window_s=seconds)
+
+
+async def poisson_arrivals(one: Callable[[int, float], Awaitable[None]], rng: random.Random, rate_per_s: float,
+                           seconds: float, started: float, samples: list[Sample], *, max_outstanding: int,
+                           timeout_s: float) -> int:
+    """Call ``one(index, scheduled_time)`` at Poisson arrivals for ``seconds`` from ``started``, never
+    waiting for answers (open loop); an arrival with ``max_outstanding`` in flight is recorded as not
+    sent. Waits for the stragglers (``timeout_s`` + 5 s at most); returns the number of arrivals."""
+    tasks: set[asyncio.Task] = set()
+    scheduled, index = started, 0
+    while True:
+        scheduled += rng.expovariate(rate_per_s)
+        if scheduled - started >= seconds:
+            break
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(tasks) >= max_outstanding:
+            samples.append(Sample(scheduled - started, 0.0, NOT_SENT))
+        else:
+            task = asyncio.create_task(one(index, scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        index += 1
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=timeout_s + 5)
+    return index
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ import httpx
 import yaml
 import numpy as np
 
-from .load import NOT_SENT, RunResult, Sample, Target, colorize_target
+from .load import RunResult, Sample, Target, colorize_target, poisson_arrivals
 
 PROBES = ("/livez", "/readyz", "/health")
 PROBE_TIMEOUT_S = 1.0
@@ -128,7 +128,7 @@ async def raw_closed_loop(target: Target, concurrency: int, seconds: float) -> R
 async def raw_open_loop(target: Target, rate_per_s: float, seconds: float, *, seed: int = 0,
                         max_outstanding: int = 2000) -> RunResult:
     """Poisson arrivals at ``rate_per_s`` for ``seconds`` (bench/load.py's open loop, on RawClient)."""
-    client, samples, tasks = RawClient(target), [], set()
+    client, samples = RawClient(target), []
     rng = random.Random(seed)
     started, cpu_started = time.perf_counter(), time.process_time()
 
@@ -137,26 +137,11 @@ async def raw_open_loop(target: Target, rate_per_s: float, seconds: float, *, se
         status = await client.send(index)
         samples.append(Sample(scheduled - started, time.perf_counter() - sent, status, sent - scheduled))
 
-    scheduled, index = started, 0
-    while True:
-        scheduled += rng.expovariate(rate_per_s)
-        if scheduled - started >= seconds:
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(tasks) >= max_outstanding:
-            samples.append(Sample(scheduled - started, 0.0, NOT_SENT))
-        else:
-            task = asyncio.create_task(one(index, scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        index += 1
-    if tasks:
-        await asyncio.wait(set(tasks), timeout=client.timeout_s + 5)
+    sent = await poisson_arrivals(one, rng, rate_per_s, seconds, started, samples,
+                                  max_outstanding=max_outstanding, timeout_s=client.timeout_s)
     client.close()
     return RunResult(samples, time.perf_counter() - started, time.process_time() - cpu_started,
-                     offered_rps=index / seconds, errors=Counter({str(k): v for k, v in client.errors.items()}),
+                     offered_rps=sent / seconds, errors=Counter({str(k): v for k, v in client.errors.items()}),
                      window_s=seconds)
 
 
