@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.admission import AdaptiveAdmission
 from service.errors import contract_of, error_response, front_error_response
 from service.jobs import Overloaded
-from service.web.middleware import drop_unusable_request_id
 from service.settings import AdmissionSettings
+from service.web.middleware import drop_unusable_request_id
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "deployments.proxy_hooks:http_middlewares"
