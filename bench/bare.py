@@ -39,6 +39,10 @@ def bare_throughput(models: Path, storage: Path, photos: list[Photo], batch_size
     in this process; foreign_cores: what other processes used of the machine meanwhile."""
     import torch
 
+    from service.memory import keep_photo_buffers
+
+    keep_photo_buffers()  # the allocator settings the replicas run with
+
     torch.set_grad_enabled(False)
     colorizer = load_tiny_colorizer(models)
     store = LocalStore(storage, retention_seconds=3600)

@@ -23,7 +23,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
-from service.memory import release_shared_mappings, trim_after
+from service.memory import keep_photo_buffers, release_shared_mappings, trim_after
 from service.settings import batch_settings
 from service.stages import stage
 from service.telemetry import Telemetry
@@ -54,6 +54,7 @@ class Stage:
         section = self.spec.settings.model_validate(settings)
         _size_opencv_pool()
         release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)
+        keep_photo_buffers()  # service.memory: a photo's buffers are reused, not faulted in again
         # One batch queue per replica instance (a decorated method would share one queue per class).
         self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
         self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(

@@ -13,6 +13,11 @@ import zlib
 import numpy as np
 from PIL import Image
 
+try:  # Intel ISA-L's deflate: a valid zlib stream like zlib's, made ~3x faster and smaller at level 1
+    from isal import isal_zlib
+except ImportError:  # a platform without its wheel: the standard library's zlib, as libpng would
+    isal_zlib = None
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STRIP_PIXELS = 1 << 20  # about 1 MP per strip
 _FILTER_UP = 2          # PNG row filter type "Up": each byte minus the byte above it
@@ -34,18 +39,18 @@ def encode_image(rgb: np.ndarray, fmt: str, *, alpha: np.ndarray | None = None, 
 def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
     """8-bit RGB (or RGBA with ``alpha``) PNG, written strip by strip.
 
-    The "Up" filter on every row and zlib's RLE strategy at level 1, as libpng was configured here
-    before: on 512 px photos 3-4x faster than Pillow's level 3 at about the same size (filtered photo
-    rows compress about as well by run lengths as by LZ77), and ~40% faster than trying every filter
-    per row for 0-5% bigger files. Measured against libpng (cv2.imencode) with the same settings:
-    the same speed and size at 512 px and at 49 MP (within 7%, this one slightly faster)."""
+    The "Up" filter on every row, then deflate at level 1 (``deflater``). With zlib's RLE strategy
+    (as libpng was configured here before) that was 3-4x faster than Pillow's level 3 at about the
+    same size, and ~40% faster than trying every filter per row for 0-5% bigger files; ISA-L's level
+    1 is another 2.4-3.5x faster (the 8 colorized 512 px bench photos: 1.0-1.9 vs 2.3-6.3 ms) and 16%
+    smaller in all (-29% to +42% each: run lengths still win on very smooth photos)."""
     height, width = rgb.shape[:2]
     channels = 3 if alpha is None else 4
     header = struct.pack(">IIBBBBB", width, height, 8, 2 if alpha is None else 6, 0, 0, 0)
     out = io.BytesIO()  # grows in place, and getvalue() hands over its buffer without a copy
     out.write(PNG_SIGNATURE)
     _write_chunk(out, b"IHDR", header)
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    deflate = deflater()
     above = np.zeros(width * channels, np.uint8)  # the row above the first one is zeros
     for rows in _strips(height, width):
         pixels = rgb[rows] if alpha is None else _rgba(rgb[rows], alpha[rows])
@@ -61,6 +66,14 @@ def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
     _write_chunk(out, b"IDAT", deflate.flush())
     _write_chunk(out, b"IEND", b"")
     return out.getvalue()
+
+
+def deflater():
+    """The PNG writer's compressor: ISA-L at level 1 where installed, else zlib level 1 with run-length
+    matching. Both write a standard zlib stream (RFC 1950), which every PNG decoder reads."""
+    if isal_zlib is not None:
+        return isal_zlib.compressobj(1, isal_zlib.DEFLATED, 15, 8)
+    return zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
 
 
 def _encode_jpeg(rgb: np.ndarray, alpha: np.ndarray | None, quality: int) -> bytes:
