@@ -149,7 +149,10 @@ def _client(target: Target, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(target.timeout_s, connect=10), limits=limits, trust_env=False)
 
 
-async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: Counter) -> int:
+async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: Counter,
+                waits: list[float] | None = None) -> int:
+    """One request; its status (TRANSPORT_ERROR when none came). A shed answer's Retry-After (seconds)
+    is appended to ``waits`` when given."""
     body, content_type = target.bodies[index % len(target.bodies)]
     try:
         response = await client.post(target.url, content=body,
@@ -159,6 +162,8 @@ async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: C
             retry = response.headers.get("retry-after")
             shed = f" [Retry-After: {retry}]" if retry else " [no Retry-After]" if response.status_code in (429, 503) else ""
             errors[f"{response.status_code}: {_detail(response)}{shed}"] += 1
+            if waits is not None and retry and retry.isdigit():
+                waits.append(float(retry))
         return response.status_code
     except httpx.HTTPError as exc:
         errors[type(exc).__name__] += 1
@@ -166,8 +171,12 @@ async def _send(client: httpx.AsyncClient, target: Target, index: int, errors: C
 
 
 async def closed_loop(target: Target, concurrency: int, *, requests: int | None = None,
-                      seconds: float | None = None, warmup: int = 0) -> RunResult:
-    """``concurrency`` clients back to back until ``requests`` are done or ``seconds`` have passed."""
+                      seconds: float | None = None, warmup: int = 0, honor_retry_after: bool = True) -> RunResult:
+    """``concurrency`` clients back to back until ``requests`` are done or ``seconds`` have passed.
+
+    A client whose request was shed (429/503 with ``Retry-After``) waits as told before its next one,
+    as both contracts ask and ``colorize_client`` does; ``honor_retry_after=False`` resends at once
+    (a client that ignores it: every shed answer then costs the service CPU the others needed)."""
     requests = min(requests or MAX_REQUESTS, MAX_REQUESTS)
     seconds = min(seconds or MAX_SECONDS, MAX_SECONDS)
     errors: Counter = Counter()
@@ -184,8 +193,11 @@ async def closed_loop(target: Target, concurrency: int, *, requests: int | None 
             while issued < requests and time.perf_counter() < deadline:
                 index, issued = issued, issued + 1
                 sent = time.perf_counter()
-                status = await _send(client, target, index, errors)
+                waits: list[float] = []
+                status = await _send(client, target, index, errors, waits if honor_retry_after else None)
                 samples.append(Sample(sent - started, time.perf_counter() - sent, status))
+                if waits:
+                    await asyncio.sleep(max(0.0, min(waits[0], deadline - time.perf_counter())))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started

@@ -204,10 +204,42 @@ def verdicts(results: dict) -> list[Verdict]:
     return found
 
 
+def lone_user_verdicts(results: dict) -> list[Verdict]:
+    """Issue 16: no tax on a lone user or a small deployment, against the peer and the bare loop."""
+    found = []
+    for c, graph in results["graph"].items():
+        peer = results["peer"].get(c)
+        if not peer:
+            continue
+        found.append(at_least(f"graph >= 1.0 x peer req/s (c={c})", graph["throughput_rps"] / peer["throughput_rps"],
+                              1.0, f"{graph['throughput_rps']:.1f} / {peer['throughput_rps']:.1f} req/s"))
+        slower = max(graph["p50_ms"] / peer["p50_ms"], graph["p99_ms"] / peer["p99_ms"])
+        found.append(Verdict(f"graph p50 and p99 <= peer's (c={c})",
+                             f"{graph['p50_ms']:.0f} / {graph['p99_ms']:.0f} vs {peer['p50_ms']:.0f} / "
+                             f"{peer['p99_ms']:.0f} ms", slower <= 1.0, f"{(slower - 1) * 100:+.0f}% (worse of the two)"))
+    bare = bare_rates(results)
+    if 1 in results["graph"] and 1 in bare:
+        found.append(at_least("graph >= 0.75 x bare (c=1 vs batch 1)", results["graph"][1]["throughput_rps"] / bare[1],
+                              0.75, f"{results['graph'][1]['throughput_rps']:.1f} / {bare[1]:.1f} img/s"))
+    if 16 in results["graph"]:
+        cpu = results["graph"][16]["cpu_ms_per_request"]
+        ours = sum(value for name, value in cpu.items() if name != "whole machine")  # other users' share left out
+        found.append(at_most("CPU per request at c=16 <= 35 ms (service + load generator)", ours, 35.0,
+                             f"whole machine {cpu['whole machine']:.1f}, ours", " ms"))
+    return found
+
+
+def trace_table(trace: dict[str, float]) -> str:
+    return table("A lone request through the graph, per hop (medians, bench/trace.py)", ["where", "ms"],
+                 [[where, ms] for where, ms in trace.items()])
+
+
 def report(results: dict) -> str:
     blocks = [bare_table(results), level_table("Serve graph over HTTP (tiny model)", results["graph"], True),
               level_table("FastAPI peer (one uvicorn worker, sync endpoint)", results["peer"], False),
               comparison_table(results), cpu_table(results)]
+    if "lone_trace" in results:
+        blocks.append(trace_table(results["lone_trace"]))
     blocks.append(batching_table(results))
     blocks += [overload_table(results), memory_table(results)]
     if "profile" in results:
@@ -221,4 +253,8 @@ def report(results: dict) -> str:
     blocks.append(table("Targets (one run, ratios measured side by side)", ["", "target", "measured", "margin"],
                         [["PASS" if v.passed else "MISS", v.target, v.measured, v.margin] for v in verdicts(results)],
                         note))
+    blocks.append(table("Lone-user targets (issue 16; graph throughput counts answered jobs, sheds apart)",
+                        ["", "target", "measured", "margin"],
+                        [["PASS" if v.passed else "MISS", v.target, v.measured, v.margin]
+                         for v in lone_user_verdicts(results)]))
     return "\n".join(blocks)

@@ -32,6 +32,7 @@ from .peer_fastapi import PeerProcess
 from .photos import load_photos
 from .report import report
 from .serve_graph import ServeGraph, free_port, quiet_ray_env
+from .trace import lone_requests
 
 
 def run(plan: parts.Plan, options: dict, *, with_profile: bool, variant_env: dict[str, str], workdir: Path) -> dict:
@@ -52,6 +53,8 @@ def run(plan: parts.Plan, options: dict, *, with_profile: bool, variant_env: dic
             PeerProcess(models, workdir / "peer", free_port()) as peer:
         results["graph_deploy_s"] = service.deploy(parts.graph_options(**options))
         target, peer_target = colorize_target(service.url), colorize_target(peer.url)
+        results["lone_trace"] = lone_requests(target, service.logs_dir())
+        _progress("a lone request, ms", round(results["lone_trace"]["client"], 1))
         groups = parts.meter_groups(service, peer.pid)
         others = tuple(c for c in plan.levels if c != 16)
         results["graph"] = parts.graph_levels(service, target, plan, others, groups["graph"])

@@ -90,6 +90,12 @@ class ServeGraph:
                   logging_config={"enable_access_log": False})
         return time.perf_counter() - started
 
+    def logs_dir(self) -> Path:
+        """This cluster's log folder (replicas' stderr: ``worker-*.err``)."""
+        import ray
+
+        return Path(ray._private.worker._global_node.get_logs_dir_path())
+
     def batch_sizes(self, model: str = "tiny") -> dict[int, int]:
         """Batch sizes the colorizer formed so far, from /health (the ingress caches stage statuses for
         STATUS_TTL_S, so wait that out). Over HTTP, since some Serve flags make driver-side handles unusable."""
