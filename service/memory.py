@@ -17,9 +17,13 @@ from handing a photo's buffers back after *every* job. By default a freed multi-
 unmapped (or the heap's top trimmed), so the next photo's buffers start as fresh pages and fault
 in one 4 KiB page at a time: at 512 px that was 2.3 of 3.7 ms of the colorizer's lightness and 2.6
 of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB of freed heap
-for reuse; the explicit trim after a large job still returns everything.
+for reuse. The price: the explicit trim after a large job cannot return a thread arena's freed
+top below the trim threshold. Set in stage replicas only (after 8 x 49 MP jobs the colorizer kept
+188 instead of 148 MB); in the Ingress, which decodes and encodes in worker threads, it kept 163
+instead of 68 MB (`python -m bench.big_images`) for a gain on its 0.8 MB buffers too small to see.
 
-Linux with glibc only; elsewhere a no-op. ``COLORIZE_MALLOC_TRIM=0`` turns all of it off (to measure).
+Linux with glibc only; elsewhere a no-op. ``COLORIZE_MALLOC_TRIM=0`` turns all of it off (to measure),
+``COLORIZE_KEEP_PHOTO_BUFFERS=0`` only the thresholds.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ def release_shared_mappings(*basename_prefixes: str) -> None:
 def keep_photo_buffers() -> bool:
     """Fixed malloc thresholds for this process (see the module's doc); True when set. Leaves glibc's
     own environment settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) alone."""
-    if _libc is None or any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+    if _libc is None or os.environ.get("COLORIZE_KEEP_PHOTO_BUFFERS") == "0" or \
+            any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     # Setting either one also turns off glibc's dynamic threshold, which would otherwise move them.
     return bool(_libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
