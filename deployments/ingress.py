@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from auth import Access, OpenAccess, PolicyAccess
 from service.app import build_http_app
-from service.memory import release_shared_mappings
+from service.memory import keep_photo_buffers, release_shared_mappings
 from service.settings import AppSettings
 from service.telemetry import Telemetry
 from storage import make_store
@@ -33,6 +33,7 @@ class Ingress:
     def __init__(self, settings: dict[str, Any], stages: dict[str, DeploymentHandle]):
         self.settings = AppSettings.model_validate(settings)
         release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)  # after large jobs (service.memory)
+        keep_photo_buffers()  # and between small ones, no page faults on every photo's buffers
         self.store = make_store(self.settings.storage)
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
         self.graph = Graph(stages, timeout_s=self.settings.limits.request_timeout_s)

@@ -23,7 +23,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
-from service.memory import keep_photo_buffers, release_shared_mappings, trim_after
+from service.memory import keep_photo_buffers, large_job_ended, large_job_started, release_shared_mappings, trim_after
 from service.settings import batch_settings
 from service.stages import stage
 from service.telemetry import Telemetry
@@ -114,6 +114,10 @@ class Stage:
         return [(result, started, finished, len(images)) for result in results]
 
     def _run_and_trim(self, images: list[np.ndarray], options: list[dict]) -> list[np.ndarray]:
-        results = self._impl.run_batch(images, options)
-        trim_after(max(image.shape[0] * image.shape[1] for image in images))  # the batch's temporaries are freed
-        return results
+        pixels = max(image.shape[0] * image.shape[1] for image in images)
+        large_job_started(pixels)  # service.memory: a large photo's buffers go back as they are freed
+        try:
+            return self._impl.run_batch(images, options)
+        finally:
+            large_job_ended(pixels)
+            trim_after(pixels)  # the batch's temporaries are freed

@@ -22,7 +22,7 @@ from pipeline.inputs.decode import decode_image, image_size
 from storage import InvalidObjectName, ObjectStore, StorageError, StoredObject, content_type_for, new_object_name
 from storage import validate_object_name
 
-from .memory import TRIM_ABOVE_PIXELS, trim_after
+from .memory import TRIM_ABOVE_PIXELS, large_job_ended, large_job_started, trim_after
 from .pixel_budget import NoRoom, PixelBudget
 from .stages import STAGES, StageSpec
 from .telemetry import current_request
@@ -91,9 +91,17 @@ async def _shed_when_full(budget: PixelBudget, pixels: int) -> AsyncIterator[Non
         raise Overloaded(str(exc)) from None
 
 
-async def _trim_after(pixels: int) -> None:
-    if pixels >= TRIM_ABOVE_PIXELS:  # no thread hop for the usual small photo
-        await asyncio.to_thread(trim_after, pixels)
+@asynccontextmanager
+async def _photo_memory(pixels: int) -> AsyncIterator[None]:
+    """A large photo's job hands its buffers back as they are freed, and what is left after it
+    (``service.memory``); a small one's are kept for the next job."""
+    large_job_started(pixels)
+    try:
+        yield
+    finally:
+        large_job_ended(pixels)
+        if pixels >= TRIM_ABOVE_PIXELS:  # no thread hop for the usual small photo
+            await asyncio.to_thread(trim_after, pixels)
 
 
 class StoreWriteFailed(Exception):
@@ -120,10 +128,8 @@ class Jobs:
     async def image_extension(self, data: bytes) -> str:
         """Decode the photo (in the pixel budget) to prove it is whole; its file extension."""
         pixels = self.pixels(data)
-        async with _shed_when_full(self.budget, pixels):
-            extension = (await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)).extension
-        await _trim_after(pixels)
-        return extension
+        async with _photo_memory(pixels), _shed_when_full(self.budget, pixels):
+            return (await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)).extension
 
     async def run_and_store(self, plan: JobPlan, data: bytes, fmt: str) -> str:
         """Decode the photo, run the plan's stages on it and store the result as ``fmt``; the stored
@@ -134,19 +140,19 @@ class Jobs:
         current_request().image_size = (width, height)  # the job's log line
         await self.runner.require(plan)
         record = current_request()
-        async with _shed_when_full(self.budget, pixels):
-            with record.phase("decode"):
-                image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
-            with record.phase("stages"):
-                rgb = await self.runner.run(plan, image.rgb)
-            with record.phase("encode"):
-                encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
-            del image, rgb  # before the store write: a large photo's arrays leave the budget with it
-        filename = new_object_name("jpg" if fmt == "JPEG" else "png")
-        with record.phase("store"):
-            await self.put("results", filename, encoded)
-        del encoded  # the encoded file (tens of MB for a big photo) is freed before the trim
-        await _trim_after(pixels)
+        async with _photo_memory(pixels):
+            async with _shed_when_full(self.budget, pixels):
+                with record.phase("decode"):
+                    image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+                with record.phase("stages"):
+                    rgb = await self.runner.run(plan, image.rgb)
+                with record.phase("encode"):
+                    encoded = await asyncio.to_thread(encode_image, rgb, fmt, alpha=image.alpha)
+                del image, rgb  # before the store write: a large photo's arrays leave the budget with it
+            filename = new_object_name("jpg" if fmt == "JPEG" else "png")
+            with record.phase("store"):
+                await self.put("results", filename, encoded)
+            del encoded  # the encoded file (tens of MB for a big photo) is freed before the trim
         return filename
 
     async def put(self, kind: str, name: str, data: bytes) -> None:

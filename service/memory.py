@@ -17,10 +17,11 @@ from handing a photo's buffers back after *every* job. By default a freed multi-
 unmapped (or the heap's top trimmed), so the next photo's buffers start as fresh pages and fault
 in one 4 KiB page at a time: at 512 px that was 2.3 of 3.7 ms of the colorizer's lightness and 2.6
 of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB of freed heap
-for reuse. The price: the explicit trim after a large job cannot return a thread arena's freed
-top below the trim threshold. Set in stage replicas only (after 8 x 49 MP jobs the colorizer kept
-188 instead of 148 MB); in the Ingress, which decodes and encodes in worker threads, it kept 163
-instead of 68 MB (`python -m bench.big_images`) for a gain on its 0.8 MB buffers too small to see.
+for reuse. Large jobs would pay for that: ``malloc_trim`` cannot return a worker thread's arena's
+freed top below the trim threshold (after 8 x 49 MP jobs the Ingress kept 163 instead of 68 MB,
+`python -m bench.big_images`). So while a large job is in flight (``large_job_started`` ...
+``large_job_ended``) the process runs with glibc's own thresholds again, which hand a big buffer
+back as it is freed.
 
 Linux with glibc only; elsewhere a no-op. ``COLORIZE_MALLOC_TRIM=0`` turns all of it off (to measure),
 ``COLORIZE_KEEP_PHOTO_BUFFERS=0`` only the thresholds.
@@ -32,12 +33,14 @@ import ctypes.util
 import logging
 import os
 import sys
+import threading
 
 TRIM_ABOVE_PIXELS = 8_000_000  # below this a job's buffers are small, and the next job reuses them
 MADV_DONTNEED = 4
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD_BYTES = 32 << 20  # buffers of photos up to ~2 MP (float32 RGB) come from the heap...
 TRIM_THRESHOLD_BYTES = 64 << 20  # ...and up to this much freed heap is kept for the next job
+GLIBC_THRESHOLD_BYTES = 128 << 10  # glibc's initial mmap and trim thresholds
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ def _load_libc():
 
 _libc = _load_libc()
 _shared_prefixes: tuple[str, ...] = ()
+_keeping = False      # keep_photo_buffers() is in force
+_large_jobs = 0       # large jobs in flight (they run with glibc's own thresholds)
+_large_jobs_lock = threading.Lock()
 
 
 def release_shared_mappings(*basename_prefixes: str) -> None:
@@ -72,9 +78,39 @@ def keep_photo_buffers() -> bool:
     if _libc is None or os.environ.get("COLORIZE_KEEP_PHOTO_BUFFERS") == "0" or \
             any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
+    global _keeping
+    with _large_jobs_lock:
+        _keeping = _set_thresholds(MMAP_THRESHOLD_BYTES if not _large_jobs else GLIBC_THRESHOLD_BYTES,
+                                   TRIM_THRESHOLD_BYTES if not _large_jobs else GLIBC_THRESHOLD_BYTES)
+    return _keeping
+
+
+def _set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
     # Setting either one also turns off glibc's dynamic threshold, which would otherwise move them.
-    return bool(_libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
-        bool(_libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return bool(_libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(_libc.mallopt(M_TRIM_THRESHOLD, trim_bytes))
+
+
+def large_job_started(pixels: int) -> None:
+    """Before a job (or batch) on ``pixels`` pixels: a large one switches the process to giving
+    freed memory back at once, until the last large job in flight ends. Pair with ``large_job_ended``."""
+    global _large_jobs
+    if _libc is None or pixels < TRIM_ABOVE_PIXELS:
+        return
+    with _large_jobs_lock:
+        _large_jobs += 1
+        if _large_jobs == 1 and _keeping:
+            _set_thresholds(GLIBC_THRESHOLD_BYTES, GLIBC_THRESHOLD_BYTES)
+
+
+def large_job_ended(pixels: int) -> None:
+    """After it (whether it succeeded or not): the last large one restores the kept thresholds."""
+    global _large_jobs
+    if _libc is None or pixels < TRIM_ABOVE_PIXELS:
+        return
+    with _large_jobs_lock:
+        _large_jobs = max(0, _large_jobs - 1)
+        if not _large_jobs and _keeping:
+            _set_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
 
 
 def trim_after(pixels: int) -> None:

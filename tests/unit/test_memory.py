@@ -79,8 +79,12 @@ _FAULTS_PER_PHOTO = """
 import resource, sys
 import numpy as np
 from service import memory
-if sys.argv[1] == "keep":
+if sys.argv[1] != "default":
     assert memory.keep_photo_buffers()
+if sys.argv[1] in ("during_large", "after_large"):
+    memory.large_job_started(memory.TRIM_ABOVE_PIXELS)
+if sys.argv[1] == "after_large":
+    memory.large_job_ended(memory.TRIM_ABOVE_PIXELS)
 def photo():  # what a 512 px job allocates and frees: float32 RGB buffers of 3 MB
     rgb = np.full((512, 512, 3), 0.5, np.float32)
     return float((rgb * 2.0).sum())
@@ -110,3 +114,24 @@ def test_small_jobs_reuse_their_buffers_instead_of_faulting_them_in_again():
 def test_glibcs_own_settings_win(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert memory.keep_photo_buffers() is False
+
+
+def test_while_a_large_job_runs_freed_buffers_go_back_at_once():
+    # malloc_trim cannot reach a thread arena's top below the trim threshold: a large job's
+    # buffers must go back as they are freed, and small jobs keep theirs again after it.
+    assert _faults_per_photo("during_large") > 1000
+    assert _faults_per_photo("after_large") < 50
+
+
+def test_small_photos_do_not_count_as_large_jobs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "_set_thresholds", lambda *sizes: calls.append(sizes) or True)
+    monkeypatch.setattr(memory, "_keeping", True)
+    memory.large_job_started(512 * 512)
+    memory.large_job_ended(512 * 512)
+    assert calls == []
+    memory.large_job_started(memory.TRIM_ABOVE_PIXELS)
+    memory.large_job_started(memory.TRIM_ABOVE_PIXELS)  # two in flight: switched once
+    memory.large_job_ended(memory.TRIM_ABOVE_PIXELS)
+    memory.large_job_ended(memory.TRIM_ABOVE_PIXELS)  # the last one restores
+    assert calls == [(memory.GLIBC_THRESHOLD_BYTES,) * 2, (memory.MMAP_THRESHOLD_BYTES, memory.TRIM_THRESHOLD_BYTES)]
