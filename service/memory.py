@@ -16,7 +16,7 @@ And the opposite case, the many small jobs between large ones: ``keep_photo_buff
 from handing a photo's buffers back after *every* job. By default a freed multi-megabyte buffer is
 unmapped (or the heap's top trimmed), so the next photo's buffers start as fresh pages and fault
 in one 4 KiB page at a time: at 512 px that was 2.3 of 3.7 ms of the colorizer's lightness and 2.6
-of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB of freed heap
+of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB (the Ingress 16) of freed heap
 for reuse. Large jobs would pay for that: ``malloc_trim`` cannot return a worker thread's arena's
 freed top below the trim threshold (after 8 x 49 MP jobs the Ingress kept 163 instead of 68 MB,
 `python -m bench.big_images`). So while a large job is in flight (``large_job_started`` ...
@@ -61,6 +61,7 @@ def _load_libc():
 _libc = _load_libc()
 _shared_prefixes: tuple[str, ...] = ()
 _keeping = False      # keep_photo_buffers() is in force
+_kept_bytes = TRIM_THRESHOLD_BYTES
 _large_jobs = 0       # large jobs in flight (they run with glibc's own thresholds)
 _large_jobs_lock = threading.Lock()
 
@@ -72,16 +73,19 @@ def release_shared_mappings(*basename_prefixes: str) -> None:
     _shared_prefixes = tuple(basename_prefixes)
 
 
-def keep_photo_buffers() -> bool:
-    """Fixed malloc thresholds for this process (see the module's doc); True when set. Leaves glibc's
-    own environment settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) alone."""
+def keep_photo_buffers(keep_bytes: int = TRIM_THRESHOLD_BYTES) -> bool:
+    """Fixed malloc thresholds for this process (see the module's doc), keeping up to ``keep_bytes``
+    of freed heap per arena; True when set. Leaves glibc's own environment settings
+    (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) alone."""
+    global _kept_bytes
     if _libc is None or os.environ.get("COLORIZE_KEEP_PHOTO_BUFFERS") == "0" or \
             any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     global _keeping
     with _large_jobs_lock:
+        _kept_bytes = keep_bytes
         _keeping = _set_thresholds(MMAP_THRESHOLD_BYTES if not _large_jobs else GLIBC_THRESHOLD_BYTES,
-                                   TRIM_THRESHOLD_BYTES if not _large_jobs else GLIBC_THRESHOLD_BYTES)
+                                   keep_bytes if not _large_jobs else GLIBC_THRESHOLD_BYTES)
     return _keeping
 
 
@@ -110,7 +114,7 @@ def large_job_ended(pixels: int) -> None:
     with _large_jobs_lock:
         _large_jobs = max(0, _large_jobs - 1)
         if not _large_jobs and _keeping:
-            _set_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
+            _set_thresholds(MMAP_THRESHOLD_BYTES, _kept_bytes)
 
 
 def trim_after(pixels: int) -> None:
