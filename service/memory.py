@@ -16,8 +16,8 @@ And the opposite case, the many small jobs between large ones: ``keep_photo_buff
 from handing a photo's buffers back after *every* job. By default a freed multi-megabyte buffer is
 unmapped (or the heap's top trimmed), so the next photo's buffers start as fresh pages and fault
 in one 4 KiB page at a time: at 512 px that was 2.3 of 3.7 ms of the colorizer's lightness and 2.6
-of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB (the Ingress 16) of freed heap
-for reuse. Large jobs would pay for that: ``malloc_trim`` cannot return a worker thread's arena's
+of 4.9 ms of its Lab merge (one thread, measured). Fixed thresholds keep up to 64 MB (the Ingress:
+16) of freed heap for reuse. Large jobs would pay for that: ``malloc_trim`` cannot return a worker thread's arena's
 freed top below the trim threshold (after 8 x 49 MP jobs the Ingress kept 163 instead of 68 MB,
 `python -m bench.big_images`). So while a large job is in flight (``large_job_started`` ...
 ``large_job_ended``) the process runs with glibc's own thresholds again, which hand a big buffer
@@ -77,16 +77,21 @@ def keep_photo_buffers(keep_bytes: int = TRIM_THRESHOLD_BYTES) -> bool:
     """Fixed malloc thresholds for this process (see the module's doc), keeping up to ``keep_bytes``
     of freed heap per arena; True when set. Leaves glibc's own environment settings
     (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) alone."""
-    global _kept_bytes
+    global _kept_bytes, _keeping
     if _libc is None or os.environ.get("COLORIZE_KEEP_PHOTO_BUFFERS") == "0" or \
             any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
-    global _keeping
     with _large_jobs_lock:
         _kept_bytes = keep_bytes
-        _keeping = _set_thresholds(MMAP_THRESHOLD_BYTES if not _large_jobs else GLIBC_THRESHOLD_BYTES,
-                                   keep_bytes if not _large_jobs else GLIBC_THRESHOLD_BYTES)
+        _keeping = _apply_thresholds()
     return _keeping
+
+
+def _apply_thresholds() -> bool:
+    """The thresholds for the moment (under the lock): glibc's while a large job runs, else the kept ones."""
+    if _large_jobs:
+        return _set_thresholds(GLIBC_THRESHOLD_BYTES, GLIBC_THRESHOLD_BYTES)
+    return _set_thresholds(MMAP_THRESHOLD_BYTES, _kept_bytes)
 
 
 def _set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
@@ -103,7 +108,7 @@ def large_job_started(pixels: int) -> None:
     with _large_jobs_lock:
         _large_jobs += 1
         if _large_jobs == 1 and _keeping:
-            _set_thresholds(GLIBC_THRESHOLD_BYTES, GLIBC_THRESHOLD_BYTES)
+            _apply_thresholds()
 
 
 def large_job_ended(pixels: int) -> None:
@@ -114,7 +119,7 @@ def large_job_ended(pixels: int) -> None:
     with _large_jobs_lock:
         _large_jobs = max(0, _large_jobs - 1)
         if not _large_jobs and _keeping:
-            _set_thresholds(MMAP_THRESHOLD_BYTES, _kept_bytes)
+            _apply_thresholds()
 
 
 def trim_after(pixels: int) -> None:
