@@ -298,28 +298,28 @@ def phase_row(name: str, result, prober: Prober, cpu: CpuWatch, capacity: float 
             "machine_busy": round(cpu.machine_busy, 2), "busiest_processes_cores": cpu.top}
 
 
-async def idle_connections(base_url: str, count: int, hold_s: float) -> dict:
-    """``count`` sockets: a third send nothing, a third half a request line, a third unfinished headers.
-    Probes run beside them; after ``hold_s`` (≥ 30 s to see the close bound) count those still open."""
-    host, port = base_url.removeprefix("http://").split(":")
-    count = min(count, MAX_IDLE_SOCKETS)
+IDLE_PARTIALS = (b"", b"GET /hea", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+SOCKETS_PER_HOLDER = 8_000  # a process's file limit here is 20,000: several processes hold the sockets
+
+
+def hold_idle_sockets(host: str, port: int, count: int, first: int, conn) -> None:
+    """In a child process: open ``count`` sockets (each sends ``IDLE_PARTIALS[index % 3]``), report how
+    many opened, and when asked, how many the server has not closed (nothing to read, not at EOF)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 1024:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
-    count = min(count, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024)  # room for the probes' own
+    if soft < count + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 64), hard))
     sockets = []
-    partials = (b"", b"GET /hea", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     try:
-        for index in range(count):
+        for index in range(first, first + count):
             try:
-                sock = socket.create_connection((host, int(port)), timeout=5)
+                sock = socket.create_connection((host, port), timeout=5)
             except OSError:
                 break
-            sock.sendall(partials[index % 3])
+            sock.sendall(IDLE_PARTIALS[index % 3])
             sock.setblocking(False)
             sockets.append(sock)
-        opened = len(sockets)
-        _, prober = await with_probes(base_url, asyncio.sleep(hold_s))
+        conn.send(len(sockets))
+        conn.recv()  # the hold is over
         still_open = 0
         for sock in sockets:
             try:
@@ -328,12 +328,43 @@ async def idle_connections(base_url: str, count: int, hold_s: float) -> dict:
                 still_open += 1  # nothing to read and not closed
             except OSError:
                 pass
+        conn.send(still_open)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def idle_connections(base_url: str, count: int, hold_s: float) -> dict:
+    """``count`` sockets: a third send nothing, a third half a request line, a third unfinished headers,
+    held by child processes (one process's file limit is below 20,000). Probes run beside them; after
+    ``hold_s`` (≥ 30 s to see the close bound) count those still open."""
+    import multiprocessing
+
+    host, port = base_url.removeprefix("http://").split(":")
+    count = min(count, MAX_IDLE_SOCKETS)
+    context = multiprocessing.get_context("spawn")
+    holders = []
+    for first in range(0, count, SOCKETS_PER_HOLDER):
+        ours, theirs = context.Pipe()
+        process = context.Process(target=hold_idle_sockets, daemon=True,
+                                  args=(host, int(port), min(SOCKETS_PER_HOLDER, count - first), first, theirs))
+        process.start()
+        holders.append((process, ours))
+    loop = asyncio.get_running_loop()
+    try:
+        opened = sum([await loop.run_in_executor(None, ours.recv) for _, ours in holders])
+        _, prober = await with_probes(base_url, asyncio.sleep(hold_s))
+        for _, ours in holders:
+            ours.send("check")
+        still_open = sum([await loop.run_in_executor(None, ours.recv) for _, ours in holders])
         return {"opened": opened, "held_s": hold_s, "still_open": still_open,
                 "closed_within_hold": opened - still_open, "probes": prober.summary(),
                 "probes_all_answered": prober.all_answered()}
     finally:
-        for sock in sockets:
-            sock.close()
+        for process, _ in holders:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
 
 
 def ledger_exact(ledger_url: str, key: str, credits_at_start: int, oks: int) -> dict:

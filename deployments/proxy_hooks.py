@@ -153,30 +153,39 @@ HEADER_TIMEOUT_S = 10.0    # from connecting, or from the last answer, to a requ
 MAX_CONNECTIONS = 10_000   # open connections per proxy process (its file-descriptor limit is 20,000)
 
 
-def bound_slow_clients(header_timeout_s: float, max_connections: int) -> bool:
+def bound_slow_clients(header_timeout_s: float, max_connections: int, protocol: type | None = None) -> bool:
     """Patch uvicorn's httptools protocol in this (the proxy's) process: close a connection whose
     request headers are not complete ``header_timeout_s`` after it opened or after its last answer
-    (idle keep-alive connections included), and close new connections beyond ``max_connections`` at
-    once. Returns False when uvicorn's layout is not the one expected (nothing patched)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
-    except ImportError:
-        return False
-    if getattr(Protocol, "_colorize_bounded", False):
+    (idle keep-alive connections included), and keep at most ``max_connections`` open: a new
+    connection beyond it closes the one that has waited longest for a request, and is itself refused
+    only when every other connection is busy with a request. ``protocol`` is the class to patch
+    (tests pass a subclass). Returns False when uvicorn's layout is not the one expected (nothing
+    patched)."""
+    if protocol is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
+        except ImportError:
+            return False
+    if vars(protocol).get("_colorize_bounded", False):
         return True
-    if not all(hasattr(Protocol, name) for name in ("connection_made", "connection_lost", "on_headers_complete",
+    if not all(hasattr(protocol, name) for name in ("connection_made", "connection_lost", "on_headers_complete",
                                                     "on_response_complete")):
         return False
-    made, lost = Protocol.connection_made, Protocol.connection_lost
-    headers_done, response_done = Protocol.on_headers_complete, Protocol.on_response_complete
+    made, lost = protocol.connection_made, protocol.connection_lost
+    headers_done, response_done = protocol.on_headers_complete, protocol.on_response_complete
+    # Connections waiting for a request's headers, oldest first (dicts keep insertion order): the
+    # ones to give up when the cap is reached. Idle sockets must not lock out a health probe.
+    waiting: dict = {}
 
     def disarm(self) -> None:
+        waiting.pop(self, None)
         timer = getattr(self, "_header_timer", None)
         if timer is not None:
             timer.cancel()
             self._header_timer = None
 
     def expire(self) -> None:
+        waiting.pop(self, None)
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
@@ -186,12 +195,16 @@ def bound_slow_clients(header_timeout_s: float, max_connections: int) -> bool:
         # Spread over the last quarter of the bound: thousands of sockets opened together must not
         # all be closed in the same turn of the proxy's event loop.
         self._header_timer = self.loop.call_later(header_timeout_s * (0.75 + 0.25 * random.random()), expire, self)
+        waiting[self] = None
 
     def connection_made(self, transport) -> None:
         made(self, transport)
         if len(self.connections) > max_connections:
-            transport.close()  # over the cap: refused before anything is read
-            return
+            oldest = next(iter(waiting), None)
+            if oldest is None:
+                transport.close()  # every place is serving a request: refused before anything is read
+                return
+            expire(oldest)  # the longest wait for a request gives its place to the newcomer
         arm(self)
 
     def connection_lost(self, exc) -> None:
@@ -207,9 +220,9 @@ def bound_slow_clients(header_timeout_s: float, max_connections: int) -> bool:
         if not self.transport.is_closing() and not self.pipeline:
             arm(self)  # the next request's headers are due within the bound too
 
-    Protocol.connection_made, Protocol.connection_lost = connection_made, connection_lost
-    Protocol.on_headers_complete, Protocol.on_response_complete = on_headers_complete, on_response_complete
-    Protocol._colorize_bounded = True
+    protocol.connection_made, protocol.connection_lost = connection_made, connection_lost
+    protocol.on_headers_complete, protocol.on_response_complete = on_headers_complete, on_response_complete
+    protocol._colorize_bounded = True
     return True
 
 
