@@ -48,7 +48,7 @@ class AdmissionSettings(Strict):
                                                               "below; their latency is the baseline")
     max_concurrency: int = Field(64, ge=1, le=4096, description="the most jobs in flight, however fast they run; keep "
                                                                 "it within the stages' `max_ongoing_requests`")
-    latency_tolerance: float = Field(1.5, gt=1, le=10, description="the limit grows while recent job latency stays "
+    latency_tolerance: float = Field(1.2, gt=1, le=10, description="the limit grows while recent job latency stays "
                                                                    "within this many times the baseline, and shrinks above it")
     max_queue_wait_s: float = Field(0.1, ge=0, le=60, description="the longest a job waits for a place: one expected "
                                                                    "to wait longer is refused at once, 429 (key API) or "
