@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from auth import Access, OpenAccess, PolicyAccess
 from service.app import build_http_app
+from service.heap_watch import start_heap_snapshots
 from service.memory import keep_photo_buffers, release_shared_mappings
 from service.settings import AppSettings
 from service.telemetry import Telemetry
@@ -38,6 +39,7 @@ class Ingress:
         # And between small ones, no page faults on every photo's buffers. A 512 px job's are under
         # 1 MB here (a stage's batch of 8 needs more): a smaller keep bounds what each thread holds.
         keep_photo_buffers(keep_bytes=INGRESS_KEEP_BYTES)
+        start_heap_snapshots("Ingress")  # a diagnostic, off unless COLORIZE_HEAP_SNAPSHOTS is set
         self.store = make_store(self.settings.storage)
         self.store.check()  # fail the deployment now, with the store's message, not on the first request
         self.graph = Graph(stages, timeout_s=self.settings.limits.request_timeout_s)

@@ -23,6 +23,7 @@ from ray import serve
 
 from pipeline.errors import ModelNotLoadedError
 from pipeline.weights.settings import ModelRuntime
+from service.heap_watch import start_heap_snapshots
 from service.memory import keep_photo_buffers, large_job_ended, large_job_started, release_shared_mappings, trim_after
 from service.settings import batch_settings
 from service.stages import stage
@@ -55,6 +56,7 @@ class Stage:
         _size_opencv_pool()
         release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)
         keep_photo_buffers()  # service.memory: a photo's buffers are reused, not faulted in again
+        start_heap_snapshots(type(self).__name__)  # a diagnostic, off unless COLORIZE_HEAP_SNAPSHOTS is set
         # One batch queue per replica instance (a decorated method would share one queue per class).
         self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
         self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(
