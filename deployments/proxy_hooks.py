@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import AdaptiveAdmission
-from service.errors import contract_of, error_response, front_error_response
+from service.errors import FRONT_TEXTS, contract_of, error_response, front_error_response
 from service.jobs import Overloaded
 from service.settings import AdmissionSettings
 from service.web.middleware import drop_unusable_request_id
@@ -226,12 +226,41 @@ def bound_slow_clients(header_timeout_s: float, max_connections: int, protocol: 
     return True
 
 
+def answer_malformed_requests_in_json(protocol: type | None = None) -> bool:
+    """Patch uvicorn's httptools protocol so a request its parser cannot read (which never reaches any
+    app or middleware) is answered ``400 {"detail": "malformed request"}`` (both contracts' shape),
+    not in plain text. Returns False when uvicorn's layout is not the one expected."""
+    if protocol is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
+        except ImportError:
+            return False
+    if not hasattr(protocol, "send_400_response"):
+        return False
+    body = json.dumps({"detail": FRONT_TEXTS[400]}).encode()
+
+    def send_400_response(self, msg: str) -> None:
+        content = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend([b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n", body])
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+    protocol.send_400_response = send_400_response
+    return True
+
+
 def http_middlewares() -> list[Middleware]:
     # Called in the proxy's process before its HTTP server starts: the connection bounds go in first.
     if not bound_slow_clients(float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT_S)),
                               int(os.environ.get(MAX_CONNECTIONS_ENV, MAX_CONNECTIONS))):
         logging.getLogger("ray.serve").warning("uvicorn's HTTP protocol is not the expected one: "
                                                "incomplete requests are not timed out")
+    if not answer_malformed_requests_in_json():
+        logging.getLogger("ray.serve").warning("uvicorn's HTTP protocol is not the expected one: "
+                                               "malformed requests are answered in plain text")
     # Serve wraps its app in each in turn, so the last listed is the outermost: liveness first.
     admission = proxy_admission_settings()
     return [Middleware(BoundedRequestId), Middleware(JsonFrontErrors),

@@ -56,7 +56,6 @@ class Stage:
         _size_opencv_pool()
         release_shared_mappings(RAY_OBJECT_STORE_FILE_PREFIX)
         keep_photo_buffers()  # service.memory: a photo's buffers are reused, not faulted in again
-        start_heap_snapshots(type(self).__name__)  # a diagnostic, off unless COLORIZE_HEAP_SNAPSHOTS is set
         # One batch queue per replica instance (a decorated method would share one queue per class).
         self._batch_wait = AdaptiveBatchWait(max_wait_s=0.02)
         self._run_batch = serve.batch(max_batch_size=8, batch_wait_timeout_s=self._batch_wait.wait_s())(
@@ -73,6 +72,8 @@ class Stage:
             self._impl, self._error = None, f"{type(exc).__name__}: {exc}"
             log.error("%s: model not loaded: %s", self.spec.label, self._error)
         self.telemetry.model_load(name, loaded=self._impl is not None, seconds=time.perf_counter() - started)
+        # A diagnostic, off unless COLORIZE_HEAP_SNAPSHOTS is set; after the load, which tracing slows.
+        start_heap_snapshots(f"Stage-{name}")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         from pipeline.device import set_torch_threads  # torch: only in stage replicas, never the ingress's import

@@ -165,3 +165,19 @@ def test_idle_and_incomplete_connections_are_closed_within_the_bound_while_livez
         sock.close()
     assert all(0.75 * HEADER_TIMEOUT_S - 1 <= after <= HEADER_TIMEOUT_S + 5 for after in closed_after), closed_after
     assert httpx.get(f"{serve_cluster}/livez", timeout=2).status_code == 200
+
+
+def test_a_request_the_proxys_parser_cannot_read_gets_a_json_400(serve_cluster):
+    """uvicorn answers such a request itself, before any app code; the proxy hook makes it {"detail"}."""
+    import json
+    import socket
+
+    host, port = serve_cluster.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/colorize HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n")  # a header without its colon
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), head
+    assert json.loads(body) == {"detail": "malformed request"}

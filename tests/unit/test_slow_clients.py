@@ -1,8 +1,9 @@
-"""The proxy's connection bounds (deployments/proxy_hooks.bound_slow_clients) on a real uvicorn server
+"""The proxy's connection bounds and parser errors (deployments/proxy_hooks) on a real uvicorn server
 in this process, patched on a subclass of its HTTP protocol so nothing else here is touched; no Ray."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from deployments.proxy_hooks import bound_slow_clients
+from deployments.proxy_hooks import answer_malformed_requests_in_json, bound_slow_clients
 
 CAP = 4
 
@@ -28,6 +29,7 @@ def bounded_server():
         pass
 
     assert bound_slow_clients(3.0, CAP, protocol=Bounded)
+    assert answer_malformed_requests_in_json(protocol=Bounded)
     release = threading.Event()
 
     async def slow(request):
@@ -106,3 +108,15 @@ def test_a_newcomer_is_refused_only_when_every_place_serves_a_request(bounded_se
     finally:
         for sock in busy:
             sock.close()
+
+
+def test_a_request_the_parser_cannot_read_is_answered_in_the_contracts_shape(bounded_server):
+    _, port, _ = bounded_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost x\r\n\r\n")  # a header line without its colon
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"detail": "malformed request"}
