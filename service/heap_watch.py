@@ -43,7 +43,14 @@ def start_heap_snapshots(role: str) -> HeapSnapshots | None:
     folder = os.environ.get(FOLDER_ENV)
     if not folder:
         return None
+    text = os.environ.get(INTERVAL_ENV, "60")
+    try:
+        interval_s = float(text)
+    except ValueError:
+        interval_s = 0.0
+    if not interval_s > 0:
+        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds above 0 (got {text!r}); unset it for 60")
     Path(folder).mkdir(parents=True, exist_ok=True)
     if not tracemalloc.is_tracing():
         tracemalloc.start(FRAMES)
-    return HeapSnapshots(Path(folder), role, float(os.environ.get(INTERVAL_ENV, "60")))
+    return HeapSnapshots(Path(folder), role, interval_s)

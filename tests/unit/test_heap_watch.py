@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bench.heap_growth import growth, snapshots_by_process
 from service.heap_watch import FOLDER_ENV, INTERVAL_ENV, start_heap_snapshots
 
@@ -17,6 +19,14 @@ def grow_a_little() -> None:
 def test_off_unless_a_folder_is_named(monkeypatch):
     monkeypatch.delenv(FOLDER_ENV, raising=False)
     assert start_heap_snapshots("Ingress") is None
+
+
+def test_a_bad_interval_is_refused_with_what_to_set(monkeypatch, tmp_path):
+    monkeypatch.setenv(FOLDER_ENV, str(tmp_path))
+    for bad in ("soon", "0", "-5", "nan"):
+        monkeypatch.setenv(INTERVAL_ENV, bad)
+        with pytest.raises(ValueError, match=INTERVAL_ENV):
+            start_heap_snapshots("Ingress")
 
 
 def test_snapshots_over_time_name_the_line_that_grew(monkeypatch, tmp_path):
