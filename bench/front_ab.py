@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         build(models)
         for rnd in range(args.rounds):
             for name, env in FRONTS.items():
-                with ServeGraph(models, Path(workdir) / f"graph-{rnd}-{len(rows)}", free_port(), env) as graph:
+                with ServeGraph(models, Path(workdir) / f"graph-{rnd}-{name.split()[0].lower()}", free_port(), env) as graph:
                     graph.deploy(graph_options())
                     rows += [(rnd, name, c, s) for c, s in drive_levels(graph.url, args.seconds).items()]
             with PeerProcess(models, Path(workdir) / f"peer-{rnd}", free_port()) as peer:
